@@ -1,0 +1,199 @@
+"""The gateway's HTTP face: OpenAI's ``/v1/*`` plus ``/translate``, as a FastAPI app.
+
+The app knows the served models from the profile and reaches the model services through a
+``Backends`` provider, so the same app runs inside the Gateway service (BentoML dependencies)
+and in unit tests (engines in process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from bentochain.api.backends import Backends, upstream_error
+from bentochain.api.errors import APIError, install_handlers
+from bentochain.api.generation import (
+    chat_generation,
+    chat_response,
+    collect,
+    completion_generations,
+    completion_response,
+    open_stream,
+    sse_stream,
+)
+from bentochain.api.limits import BodySizeLimit, ConcurrencyLimit
+from bentochain.api.registry import ModelRegistry
+from bentochain.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    TranslateRequest,
+    TranslateResponse,
+    Usage,
+)
+from bentochain.config.schema import Limits, Settings
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _too_large(what: str, limit: int, unit: str, param: str) -> APIError:
+    return APIError(
+        413,
+        f"{what} is over this server's limit of {limit} {unit}.",
+        code="input_too_large",
+        param=param,
+    )
+
+
+def _check_texts(texts: list[str], limits: Limits, param: str, *, allow_empty: bool) -> None:
+    if not texts:
+        raise APIError(400, f"'{param}' must not be empty.", code="invalid_value", param=param)
+    if len(texts) > limits.max_inputs:
+        raise _too_large(f"'{param}' has {len(texts)} items, which", limits.max_inputs, "items", param)
+    for i, text in enumerate(texts):
+        if not allow_empty and not text:
+            raise APIError(
+                400, f"'{param}[{i}]' is an empty string.", code="invalid_value", param=param
+            )
+        if len(text) > limits.max_input_chars:
+            raise _too_large(
+                f"'{param}[{i}]' has {len(text)} characters, which",
+                limits.max_input_chars,
+                "characters",
+                param,
+            )
+
+
+def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
+    """The gateway app for ``settings``; ``backends()`` gives the model services per request."""
+    registry = ModelRegistry(settings)
+    limits = settings.gateway.limits
+    max_tokens_limit = settings.llm.generation.max_tokens_limit
+
+    app = FastAPI(
+        title="bentochain gateway",
+        description="OpenAI-compatible API over self-hosted models served with BentoML.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ConcurrencyLimit, limit=settings.gateway.traffic.max_concurrency)
+
+    def check_generation(prompt_chars: int, max_tokens: int | None, param: str) -> None:
+        if prompt_chars > limits.max_input_chars:
+            raise _too_large(
+                f"The prompt has {prompt_chars} characters, which",
+                limits.max_input_chars,
+                "characters",
+                param,
+            )
+        if max_tokens is not None and max_tokens > max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens}, above this server's limit of {max_tokens_limit}.",
+                code="invalid_value",
+                param="max_tokens",
+            )
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        return registry.list()
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def get_model(model_id: str) -> ModelCard:
+        cards = {card.id: card for card in registry.list().data}
+        registry.get(model_id)  # 404 in OpenAI's shape for an unknown id
+        return cards[model_id]
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: ChatCompletionRequest) -> Any:
+        model = registry.for_task(request.model, "chat")
+        check_generation(
+            sum(len(m.text()) for m in request.messages), request.token_budget(), "messages"
+        )
+        stream = await open_stream(backends(), chat_generation(request))
+        if request.stream:
+            body = sse_stream("chat", model.id, stream, request.include_usage())
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return JSONResponse(chat_response(model.id, await collect(stream)))
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: CompletionRequest) -> Any:
+        model = registry.for_task(request.model, "chat")
+        check_generation(max(len(p) for p in request.prompts()), request.max_tokens, "prompt")
+        if len(request.prompts()) > limits.max_inputs:
+            raise _too_large("'prompt'", limits.max_inputs, "prompts", "prompt")
+        generations = completion_generations(request)
+        if request.stream:
+            stream = await open_stream(backends(), generations[0])
+            body = sse_stream("completion", model.id, stream, request.include_usage())
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+        async def run(generation: Any) -> Any:
+            return await collect(await open_stream(backends(), generation))
+
+        results = await asyncio.gather(*(run(g) for g in generations))
+        return JSONResponse(completion_response(model.id, list(results)))
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(request: EmbeddingRequest) -> EmbeddingResponse:
+        model = registry.for_task(request.model, "embedding")
+        texts = request.texts()
+        _check_texts(texts, limits, "input", allow_empty=False)
+        try:
+            encoded = await backends().embed(texts)
+        except Exception as exc:
+            raise upstream_error(exc, "Embedder") from exc
+        dimensions = len(encoded[0].embedding)
+        if request.dimensions is not None and request.dimensions != dimensions:
+            raise APIError(
+                400,
+                f"'{model.id}' produces {dimensions}-dimensional embeddings and cannot shorten "
+                f"them to {request.dimensions}.",
+                code="invalid_value",
+                param="dimensions",
+            )
+        data = [
+            EmbeddingData(index=i, embedding=_encode_vector(e.embedding, request.encoding_format))
+            for i, e in enumerate(encoded)
+        ]
+        tokens = sum(e.tokens for e in encoded)
+        return EmbeddingResponse(
+            data=data,
+            model=model.id,
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @app.post("/translate", response_model=TranslateResponse)
+    async def translate(request: TranslateRequest) -> TranslateResponse:
+        _check_texts(request.texts, limits, "texts", allow_empty=True)
+        model = registry.translator(request.target_lang)
+        try:
+            translations = await backends().translate(request.target_lang, request.texts)
+        except Exception as exc:
+            raise upstream_error(exc, f"Translator{request.target_lang.upper()}") from exc
+        return TranslateResponse(translations=translations, model=model.id)
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unknown_path(path: str) -> None:
+        raise APIError(404, f"Unknown path: /v1/{path}.", code="unknown_url")
+
+    return app
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    """OpenAI's ``base64`` format: little-endian float32 bytes (what the openai client asks for)."""
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector

@@ -1,0 +1,130 @@
+"""Errors in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every failure the gateway answers (bad JSON, a wrong type, an unknown model, a busy model
+service) goes through ``APIError`` so clients built for OpenAI read the status and message
+they expect, and the gateway keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    """A failure with the HTTP status and OpenAI error fields the client should get."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, code=self.code, param=self.param)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def _validation_message(errors: list[Mapping[str, Any]]) -> tuple[str, str | None, str]:
+    """One readable sentence for the first problem, and the parameter it concerns."""
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return (
+            "We could not parse the JSON body of your request: "
+            f"{first.get('ctx', {}).get('error', 'invalid JSON')}. Send a valid JSON object.",
+            None,
+            "invalid_json",
+        )
+    if not loc and first.get("type") in {"model_attributes_type", "dict_type", "missing"}:
+        return ("The request body must be a JSON object.", None, "invalid_json")
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif param:
+        message = f"Invalid value for '{param}': {message}."
+    more = len(errors) - 1
+    if more:
+        message += f" ({more} more problem{'s' if more > 1 else ''} in this request.)"
+    return message, param, "invalid_value" if first.get("type") != "missing" else "missing"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param, code = _validation_message(list(exc.errors()))
+        return APIError(400, message, code=code, param=param).response()
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        messages = {404: "Unknown path.", 405: "Method not allowed on this path."}
+        message = messages.get(exc.status_code, str(exc.detail))
+        return JSONResponse(
+            error_body(exc.status_code, message, code=None),
+            status_code=exc.status_code,
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in the gateway")
+        return APIError(500, "The server had an error while processing your request.").response()

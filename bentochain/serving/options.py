@@ -1,0 +1,35 @@
+"""From a profile's service entry to the arguments of ``@bentoml.service``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bentochain.config.schema import ServiceSettings
+
+
+def service_options(
+    name: str, settings: ServiceSettings, *, enforce_concurrency: bool = True
+) -> dict[str, Any]:
+    """BentoML service configuration for one profile entry.
+
+    ``enforce_concurrency=False`` leaves ``max_concurrency`` to the service itself (the gateway
+    answers overload in OpenAI's error shape instead of BentoML's).
+    """
+    traffic: dict[str, Any] = {
+        "timeout": settings.traffic.timeout,
+        # BentoCloud's autoscaler scales on in-flight requests per replica.
+        "concurrency": settings.scaling.target_concurrency,
+    }
+    if enforce_concurrency and settings.traffic.max_concurrency is not None:
+        traffic["max_concurrency"] = settings.traffic.max_concurrency
+    options: dict[str, Any] = {
+        "name": name,
+        "workers": settings.workers,
+        "traffic": traffic,
+        "runner_connection": settings.connection.model_dump(),
+        "logging": {"access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
+    }
+    resources = settings.resources.model_dump(exclude_none=True)
+    if resources:
+        options["resources"] = resources
+    return options

@@ -1,0 +1,55 @@
+"""What every service module does at import: read the profile and find its models, or stop.
+
+``bentoml serve`` imports the service modules in every process it starts. A bad profile or a
+model that was never prepared must stop that start with one clear message and a non-zero exit,
+not a traceback from deep inside BentoML.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, NoReturn
+
+from bentochain.config.loader import ProfileError, get_settings
+from bentochain.config.schema import Settings
+from bentochain.models.refs import ModelRef
+from bentochain.models.store import ModelNotPrepared, store_tag
+
+if TYPE_CHECKING:
+    import bentoml
+
+EXIT_BAD_PROFILE = 2
+
+
+def _stop(message: str) -> NoReturn:
+    print(message, file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_BAD_PROFILE)
+
+
+def profile() -> Settings:
+    """This process's profile; exits with the profile's problems when it is invalid."""
+    try:
+        return get_settings()
+    except ProfileError as exc:
+        _stop(str(exc))
+
+
+def stored_model(ref: ModelRef, key: str) -> bentoml.models.BentoModel:
+    """The store entry a service declares (so ``bentoml build`` packs it); exits when missing."""
+    import bentoml
+
+    from bentochain.models.store import require
+
+    try:
+        require(ref, key)
+    except ModelNotPrepared as exc:
+        _stop(f"bentochain: {exc}")
+    return bentoml.models.BentoModel(store_tag(ref))
+
+
+def quiet_transformers() -> None:
+    """Progress bars and advisory warnings from transformers are noise in server logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -1,0 +1,154 @@
+"""Run the Bento as Kubernetes runs it with one Deployment per service: one server each.
+
+Each model service gets its own ``start-http-server`` process on its own port; the Gateway is
+pointed at them by URL with ``--depends Name=url``, exactly as a Deployment's environment
+(``BENTOML_SERVE_DEPENDS``) would point it at the other Deployments' Services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bentochain.config.loader import PROJECT_ROOT
+
+ENTRY = "services.gateway:Gateway"
+MODEL_SERVICES = ("LLM", "Embedder", "TranslatorFR", "TranslatorES")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_command(service: str, host: str, port: int, depends: Mapping[str, str]) -> list[str]:
+    """The command one Deployment's container would run for ``service``."""
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml_cli._internal.start",
+        "start-http-server",
+        ENTRY,
+        "--working-dir",
+        str(PROJECT_ROOT),
+        "--service-name",
+        service,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    for name, url in depends.items():
+        command += ["--depends", f"{name}={url}"]
+    return command
+
+
+def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url``/readyz until it answers 200; fail early if ``process`` dies."""
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {process.returncode}")
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready in time")
+
+
+@dataclass
+class SplitTopology:
+    """The five servers of the split topology, started and stopped together."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    env: Mapping[str, str] | None = None
+    log_dir: Path | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def _spawn(self, service: str, port: int, depends: Mapping[str, str]) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        out: int | object = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{service}.log").open("wb")
+        else:
+            out = None
+        self.processes[service] = subprocess.Popen(
+            server_command(service, self.host, port, depends),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+        self.urls[service] = f"http://{self.host}:{port}"
+
+    def start(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            for service in MODEL_SERVICES:
+                self._spawn(service, free_port(self.host), {})
+            for service in MODEL_SERVICES:
+                wait_ready(self.urls[service], deadline, self.processes[service])
+            depends = {name: self.urls[name] for name in MODEL_SERVICES}
+            self._spawn("Gateway", self.port, depends)
+            wait_ready(self.urls["Gateway"], deadline, self.processes["Gateway"])
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM every server (its whole process group), then SIGKILL what is left."""
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    def wait(self) -> int:
+        """Block until one server exits (or Ctrl+C); then stop the others."""
+        try:
+            while True:
+                for service, process in self.processes.items():
+                    if process.poll() is not None:
+                        print(f"bentochain: {service} exited with code {process.returncode}")
+                        return process.returncode or 1
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop()
+
+    def __enter__(self) -> SplitTopology:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def split_topology(**kwargs: object) -> Iterator[SplitTopology]:
+    topology = SplitTopology(**kwargs)  # type: ignore[arg-type]
+    with topology:
+        yield topology

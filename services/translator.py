@@ -1,0 +1,43 @@
+"""TranslatorFR and TranslatorES: one seq2seq service per language pair, so each scales alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import bentoml
+
+from bentochain.serving.options import service_options
+from bentochain.serving.startup import profile, quiet_transformers, stored_model
+
+
+def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
+    settings = getattr(profile().translators, lang)
+
+    @bentoml.service(**service_options(name, settings))
+    class Translator:
+        model = stored_model(settings.model, f"translators.{lang}.model")
+
+        def __init__(self) -> None:
+            from bentochain.engines.translator import Translator as Engine
+
+            quiet_transformers()
+            self.engine = Engine(
+                Path(self.model.path),
+                max_new_tokens=settings.max_new_tokens,
+                num_beams=settings.num_beams,
+            )
+
+        @bentoml.api(
+            batchable=True,
+            max_batch_size=settings.batching.max_batch_size,
+            max_latency_ms=settings.batching.max_latency_ms,
+        )
+        def translate(self, texts: list[str]) -> list[str]:
+            return self.engine.translate(texts)
+
+    return Translator
+
+
+TranslatorFR = _translator_service("TranslatorFR", "fr")
+TranslatorES = _translator_service("TranslatorES", "es")

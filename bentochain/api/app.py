@@ -185,8 +185,12 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
             raise upstream_error(exc, f"Translator{request.target_lang.upper()}") from exc
         return TranslateResponse(translations=translations, model=model.id)
 
+    known_paths = {getattr(route, "path", None) for route in app.routes}
+
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown_path(path: str) -> None:
+        if f"/v1/{path}" in known_paths:
+            raise APIError(405, f"Method not allowed on /v1/{path}.", code="method_not_allowed")
         raise APIError(404, f"Unknown path: /v1/{path}.", code="unknown_url")
 
     return app

@@ -12,7 +12,11 @@ from bentochain.api.errors import APIError
 
 
 class BodySizeLimit:
-    """413 for a body over ``max_bytes``: declared in Content-Length, or found while reading."""
+    """413 for a body over ``max_bytes``: declared in Content-Length, or found while reading.
+
+    The body is read (up to the limit) before the app sees the request, then replayed to it:
+    every endpoint takes a small JSON body, and a chunked upload cannot slip past the limit.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -30,27 +34,30 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._too_large().response()(scope, receive, send)
-                    return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._too_large().response()(scope, receive, send)
+                return
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # Raised inside the app, so its APIError handler answers the 413.
-                    raise self._too_large()
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large().response()(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class ConcurrencyLimit:

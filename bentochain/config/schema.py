@@ -209,6 +209,24 @@ class Settings(BaseSettings):
     translators: Translators
     gateway: GatewaySettings = GatewaySettings()
 
+    @model_validator(mode="after")
+    def _unique_model_ids(self) -> Settings:
+        entries = {
+            "llm": self.llm,
+            "embedder": self.embedder,
+            "translators.fr": self.translators.fr,
+            "translators.es": self.translators.es,
+        }
+        seen: dict[str, str] = {}
+        for key, entry in entries.items():
+            if entry.served_id in seen:
+                raise ValueError(
+                    f"{key} and {seen[entry.served_id]} are both served as "
+                    f"'{entry.served_id}'; give one a different served_name"
+                )
+            seen[entry.served_id] = key
+        return self
+
 
 def _check_demo(ref: ModelRef, expected: type, what: str) -> ModelRef:
     if ref.is_demo and not isinstance(recipe(ref.name), expected):

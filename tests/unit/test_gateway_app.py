@@ -1,0 +1,440 @@
+"""The gateway app, in process, over the real engines: OpenAI clients work, bad input gets 4xx.
+
+The served Bento is tested the same way in ``tests/integration``; here the app runs without
+BentoML so that every error path is cheap to drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from fastapi import FastAPI
+
+from bentochain.api.app import create_app
+from bentochain.api.backends import Backends, EncodedText, TargetLang
+from bentochain.config.loader import DEFAULT_PROFILE, load_settings
+from bentochain.config.schema import Settings
+from bentochain.engines.encoder import SentenceEncoder
+from bentochain.engines.llm.engine import EngineLimits, LLMEngine
+from bentochain.engines.llm.types import GenerationRequest, encode_event
+from bentochain.engines.translator import Translator
+
+CHAT = "llama-tiny"
+EMBED = "all-MiniLM-L6-v2"
+
+
+class LocalBackends:
+    """The engines called directly, as the Gateway calls them through BentoML."""
+
+    def __init__(self, llm: LLMEngine, encoder: SentenceEncoder, translators: dict[str, Translator]):
+        self.llm, self.encoder, self.translators = llm, encoder, translators
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
+        async for event in self.llm.stream(request):
+            yield encode_event(event)
+
+    async def embed(self, texts: list[str]) -> list[EncodedText]:
+        result = await asyncio.to_thread(self.encoder.encode, texts)
+        return [
+            EncodedText(embedding=v, tokens=n)
+            for v, n in zip(result.vectors, result.token_counts, strict=True)
+        ]
+
+    async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
+        return await asyncio.to_thread(self.translators[target_lang].translate, texts)
+
+
+def profile(**overrides: str) -> Settings:
+    environ = {"BENTOCHAIN_LLM__MODEL": "demo:llama-tiny"}
+    environ.update({f"BENTOCHAIN_{k.upper()}": v for k, v in overrides.items()})
+    return load_settings(DEFAULT_PROFILE, environ)
+
+
+@pytest.fixture(scope="module")
+def engines(demo_dir: Path, embedder_dir: Path) -> Iterator[LocalBackends]:
+    llm = LLMEngine(
+        demo_dir / "llama-tiny",
+        EngineLimits(default_max_tokens=16, max_tokens_limit=4096, max_waiting_requests=64),
+    )
+    translators = {
+        lang: Translator(demo_dir / f"marian-en-{lang}", max_new_tokens=8, num_beams=1)
+        for lang in ("fr", "es")
+    }
+    yield LocalBackends(llm, SentenceEncoder(embedder_dir), translators)
+    llm.close()
+
+
+@pytest.fixture(scope="module")
+def app(engines: LocalBackends) -> FastAPI:
+    settings = profile(
+        gateway__limits__max_inputs="8",
+        gateway__limits__max_input_chars="2000",
+        gateway__limits__max_body_bytes="20000",
+    )
+    return create_app(settings, lambda: engines)
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+
+
+def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with client_for(app) as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def with_openai(app: FastAPI, work: Callable[[openai.AsyncOpenAI], Any]) -> Any:
+    async def go() -> Any:
+        async with client_for(app) as http:
+            client = openai.AsyncOpenAI(
+                base_url="http://gateway/v1", api_key="unused", http_client=http, max_retries=0
+            )
+            return await work(client)
+
+    return asyncio.run(go())
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return dict(error)
+
+
+# -- the happy paths, through the official client ------------------------------------------
+
+
+def test_models_list_says_which_weights_are_demo(app: FastAPI) -> None:
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        return [m.model_dump() async for m in client.models.list()]
+
+    models = {m["id"]: m for m in with_openai(app, work)}
+    assert set(models) == {CHAT, EMBED, "marian-en-fr", "marian-en-es"}
+    assert models[CHAT]["task"] == "chat" and models[CHAT]["demo"] is True
+    assert "random weights" in models[CHAT]["description"]
+    assert models[EMBED]["task"] == "embedding" and models[EMBED]["demo"] is False
+    assert models["marian-en-es"]["task"] == "translation"
+    assert all(m["object"] == "model" and m["owned_by"] for m in models.values())
+
+
+def test_chat_completion_with_usage(app: FastAPI, engines: LocalBackends) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        return await client.chat.completions.create(
+            model=CHAT, messages=messages, max_tokens=7, temperature=0, extra_body={"ignore_eos": True}
+        )
+
+    completion = with_openai(app, work)
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    prompt_tokens = len(
+        engines.llm.encode(GenerationRequest.model_validate({"messages": messages, "params": {}}))
+    )
+    assert completion.usage.prompt_tokens == prompt_tokens
+    assert completion.usage.completion_tokens == 7
+    assert completion.usage.total_tokens == prompt_tokens + 7
+
+
+def test_chat_stream_ends_with_finish_reason_and_usage(app: FastAPI) -> None:
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        stream = await client.chat.completions.create(
+            model=CHAT,
+            messages=[{"role": "user", "content": "Stream please"}],
+            max_tokens=9,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        return [chunk async for chunk in stream]
+
+    chunks = with_openai(app, work)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and all(f is None for f in finishes[:-1])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 9
+
+
+def test_raw_stream_is_sse_ending_with_done(app: FastAPI) -> None:
+    response = call(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        json={"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True},
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in response.text.split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+
+
+def test_completions_single_and_batched(app: FastAPI) -> None:
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        one = await client.completions.create(model=CHAT, prompt="Once upon", max_tokens=4, seed=1)
+        many = await client.completions.create(model=CHAT, prompt=["a", "b", "c"], max_tokens=2)
+        return one, many
+
+    one, many = with_openai(app, work)
+    assert one.object == "text_completion" and one.choices[0].finish_reason in {"stop", "length"}
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    assert many.usage.prompt_tokens >= 3
+
+
+def test_completion_stop_sequence(app: FastAPI) -> None:
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        base = await client.completions.create(
+            model=CHAT, prompt="Tell", max_tokens=30, temperature=0, extra_body={"ignore_eos": True}
+        )
+        text = base.choices[0].text
+        stop = text[10:13]
+        cut = await client.completions.create(
+            model=CHAT, prompt="Tell", max_tokens=30, temperature=0, stop=[stop],
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        return text, stop, cut
+
+    text, stop, cut = with_openai(app, work)
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_embeddings_float_and_base64_agree(app: FastAPI) -> None:
+    texts = ["The cat sleeps.", "A kitten is napping.", "Stock markets fell."]
+
+    async def work(client: openai.AsyncOpenAI) -> Any:
+        packed = await client.embeddings.create(model=EMBED, input=texts)  # base64 on the wire
+        plain = await client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
+        single = await client.embeddings.create(model=EMBED, input=texts[0])
+        return packed, plain, single
+
+    packed, plain, single = with_openai(app, work)
+    a = np.asarray([d.embedding for d in packed.data])
+    b = np.asarray([d.embedding for d in plain.data])
+    assert a.shape == (3, 384) and np.abs(a - b).max() < 1e-6
+    assert [d.index for d in plain.data] == [0, 1, 2]
+    assert plain.usage.prompt_tokens == plain.usage.total_tokens > 3
+    assert np.abs(np.asarray(single.data[0].embedding) - a[0]).max() < 1e-5
+    assert a[0] @ a[1] > a[0] @ a[2]
+
+
+def test_embeddings_base64_wire_format(app: FastAPI) -> None:
+    body = {"model": EMBED, "input": "hello", "encoding_format": "base64"}
+    data = call(app, "POST", "/v1/embeddings", json=body).json()["data"][0]["embedding"]
+    vector = np.frombuffer(base64.b64decode(data), dtype="<f4")
+    assert vector.shape == (384,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_translate(app: FastAPI) -> None:
+    for lang in ("fr", "es"):
+        response = call(app, "POST", "/translate", json={"texts": ["Hello", "Good night"], "target_lang": lang})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == f"marian-en-{lang}"
+        assert len(body["translations"]) == 2
+
+
+# -- bad input: a clear 4xx, and the server keeps serving -------------------------------------
+
+GOOD_CHAT = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/v1/chat/completions", {**GOOD_CHAT, "model": "gpt-4"}, 404, "model"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "model": EMBED}, 404, "model"),
+        ("/v1/embeddings", {"model": CHAT, "input": "x"}, 404, "model"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": -5}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": 10**6}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_completion_tokens": 10**6}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": "many"}, 400, "max_tokens"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "temperature": 3}, 400, "temperature"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "top_p": 0}, 400, "top_p"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "messages": "hello"}, 400, "messages"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+        ("/v1/chat/completions", {**GOOD_CHAT, "n": 2}, 400, None),
+        ("/v1/chat/completions", {**GOOD_CHAT, "presence_penalty": 1}, 400, None),
+        ("/v1/chat/completions", {"messages": GOOD_CHAT["messages"]}, 400, "model"),
+        ("/v1/completions", {"model": CHAT, "prompt": [1, 2, 3]}, 400, "prompt"),
+        ("/v1/completions", {"model": CHAT, "prompt": ["a", "b"], "stream": True}, 400, None),
+        ("/v1/embeddings", {"model": EMBED, "input": ""}, 400, "input"),
+        ("/v1/embeddings", {"model": EMBED, "input": []}, 400, "input"),
+        ("/v1/embeddings", {"model": EMBED, "input": [[1, 2, 3]]}, 400, "input"),
+        ("/v1/embeddings", {"model": EMBED, "input": "x", "dimensions": 8}, 400, "dimensions"),
+        ("/translate", {"texts": ["x"], "target_lang": "de"}, 400, "target_lang"),
+        ("/translate", {"texts": [], "target_lang": "fr"}, 400, "texts"),
+        ("/translate", {"texts": "not a list", "target_lang": "fr"}, 400, "texts"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    app: FastAPI, path: str, body: dict[str, Any], status: int, param: str | None
+) -> None:
+    error = assert_openai_error(call(app, "POST", path, json=body), status)
+    if param is not None:
+        assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**GOOD_CHAT, "messages": [{"role": "user", "content": "x" * 2001}]}),
+        ("/v1/completions", {"model": CHAT, "prompt": "y" * 2001}),
+        ("/v1/embeddings", {"model": EMBED, "input": ["z"] * 9}),
+        ("/v1/embeddings", {"model": EMBED, "input": "w" * 2001}),
+        ("/translate", {"texts": ["v"] * 9, "target_lang": "fr"}),
+    ],
+)
+def test_inputs_over_the_configured_size_get_413(app: FastAPI, path: str, body: dict[str, Any]) -> None:
+    assert_openai_error(call(app, "POST", path, json=body), 413, "input_too_large")
+
+
+def test_body_over_the_limit_gets_413_declared_or_streamed(app: FastAPI) -> None:
+    big = json.dumps({"model": EMBED, "input": "a" * 30_000}).encode()
+    assert_openai_error(
+        call(app, "POST", "/v1/embeddings", content=big, headers={"content-type": "application/json"}),
+        413,
+        "request_too_large",
+    )
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 4096):
+            yield big[start : start + 4096]
+
+    response = call(
+        app, "POST", "/v1/embeddings", content=chunked(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in response.request.headers
+    assert_openai_error(response, 413, "request_too_large")
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"null"])
+def test_malformed_json_gets_400(app: FastAPI, raw: bytes) -> None:
+    response = call(
+        app, "POST", "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
+    assert_openai_error(response, 400)
+
+
+def test_unknown_paths_and_methods(app: FastAPI) -> None:
+    assert_openai_error(call(app, "GET", "/v1/engines"), 404)
+    assert_openai_error(call(app, "GET", "/v1/chat/completions"), 405)
+    assert_openai_error(call(app, "GET", "/v1/models/nope"), 404, "model_not_found")
+    assert call(app, "GET", f"/v1/models/{CHAT}").json()["id"] == CHAT
+
+
+def test_still_serving_after_bad_requests(app: FastAPI) -> None:
+    for raw in (b"{", b"[]", json.dumps({**GOOD_CHAT, "max_tokens": 0}).encode()):
+        call(app, "POST", "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    response = call(app, "POST", "/v1/chat/completions", json=GOOD_CHAT)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+# -- overload --------------------------------------------------------------------------------
+
+
+def test_gateway_concurrency_limit_answers_429_with_retry_after(engines: LocalBackends) -> None:
+    app = create_app(profile(gateway__traffic__max_concurrency="1"), lambda: engines)
+    slow = {**GOOD_CHAT, "max_tokens": 3000, "ignore_eos": True}
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with client_for(app) as client:
+            first = asyncio.create_task(client.post("/v1/chat/completions", json=slow))
+            await asyncio.sleep(0.3)
+            refused = await client.post("/v1/chat/completions", json=GOOD_CHAT)
+            return await first, refused
+
+    first, refused = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert_openai_error(refused, 429, "too_many_requests")
+    assert refused.headers["retry-after"] == "1"
+
+
+def test_llm_queue_full_answers_429_with_retry_after(demo_dir: Path, engines: LocalBackends) -> None:
+    llm = LLMEngine(
+        demo_dir / "llama-tiny",
+        EngineLimits(default_max_tokens=16, max_tokens_limit=4096, max_waiting_requests=1),
+    )
+    backends = LocalBackends(llm, engines.encoder, engines.translators)
+    app = create_app(profile(), lambda: backends)
+    slow = {**GOOD_CHAT, "max_tokens": 4000, "ignore_eos": True, "stream": True}
+
+    async def scenario() -> list[httpx.Response]:
+        async with client_for(app) as client:
+            busy = [asyncio.create_task(client.post("/v1/chat/completions", json=slow)) for _ in range(2)]
+            await asyncio.sleep(0.5)
+            refused = await client.post("/v1/chat/completions", json={**slow, "max_tokens": 4})
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
+            return [refused]
+
+    try:
+        (refused,) = asyncio.run(scenario())
+    finally:
+        llm.close()
+    assert_openai_error(refused, 429, "queue_full")
+    assert refused.headers["retry-after"] == "1"
+
+
+class FailingBackends:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
+        raise self.exc
+        yield ""  # pragma: no cover
+
+    async def embed(self, texts: list[str]) -> list[EncodedText]:
+        raise self.exc
+
+    async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        ("busy", 503),
+        ("refused", 503),
+        ("timeout", 504),
+    ],
+)
+def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> None:
+    from bentoml.exceptions import ServiceUnavailable
+
+    errors: dict[str, Exception] = {
+        "busy": ServiceUnavailable("busy"),
+        "refused": ConnectionRefusedError("no"),
+        "timeout": TimeoutError(),
+    }
+    backends: Backends = FailingBackends(errors[exc])
+    app = create_app(profile(), lambda: backends)
+    for path, body in (
+        ("/v1/chat/completions", GOOD_CHAT),
+        ("/v1/embeddings", {"model": EMBED, "input": "x"}),
+        ("/translate", {"texts": ["x"], "target_lang": "fr"}),
+    ):
+        assert_openai_error(call(app, "POST", path, json=body), status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -81,12 +82,20 @@ def cmd_serve_split(args: argparse.Namespace) -> int:
     _load(args)
     from bentochain.serving.topology import SplitTopology
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers, as Ctrl+C does
     topology = SplitTopology(host=args.host, port=args.port)
-    topology.start()
+    try:
+        topology.start()
+    except KeyboardInterrupt:
+        return 130
     for name, url in topology.urls.items():
         print(f"{name:>12}  {url}")
     print(f"gateway ready on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     return topology.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

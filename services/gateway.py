@@ -10,6 +10,7 @@ from bentochain.api.app import create_app
 from bentochain.api.backends import EncodedText, TargetLang
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.serving.options import service_options
+from bentochain.serving.readiness import dependencies_ready
 from bentochain.serving.startup import profile
 from services.embedder import Embedder
 from services.llm import LLM
@@ -19,13 +20,21 @@ SETTINGS = profile()
 app = create_app(SETTINGS, backends=bentoml.get_current_service)
 
 
-@bentoml.service(**service_options("Gateway", SETTINGS.gateway, enforce_concurrency=False))
+@bentoml.service(
+    **service_options("Gateway", SETTINGS.gateway, enforce_concurrency=False),
+    runner_probe={"enabled": False},  # replaced by __is_ready__, see bentochain.serving.readiness
+)
 @bentoml.asgi_app(app, path="/")
 class Gateway:
     llm = bentoml.depends(LLM)
     embedder = bentoml.depends(Embedder)
     translator_fr = bentoml.depends(TranslatorFR)
     translator_es = bentoml.depends(TranslatorES)
+
+    async def __is_ready__(self) -> bool:
+        return await dependencies_ready(
+            (self.llm, self.embedder, self.translator_fr, self.translator_es)
+        )
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
         return self.llm.to_async.generate(request=request)  # type: ignore[no-any-return]

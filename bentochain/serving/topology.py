@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,20 +80,22 @@ class SplitTopology:
 
     def _spawn(self, service: str, port: int, depends: Mapping[str, str]) -> None:
         env = dict(os.environ if self.env is None else self.env)
-        out: int | object = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = (self.log_dir / f"{service}.log").open("wb")
+        command = server_command(service, self.host, port, depends)
+        # Each server leads its own process group, so stop() reaches its workers too.
+        if self.log_dir is None:
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True)
         else:
-            out = None
-        self.processes[service] = subprocess.Popen(
-            server_command(service, self.host, port, depends),
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
-        )
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.log_dir / f"{service}.log").open("wb") as log:
+                process = subprocess.Popen(
+                    command,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        self.processes[service] = process
         self.urls[service] = f"http://{self.host}:{port}"
 
     def start(self, timeout: float = 300.0) -> None:
@@ -145,10 +147,3 @@ class SplitTopology:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def split_topology(**kwargs: object) -> Iterator[SplitTopology]:
-    topology = SplitTopology(**kwargs)  # type: ignore[arg-type]
-    with topology:
-        yield topology

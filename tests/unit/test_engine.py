@@ -20,7 +20,7 @@ from bentochain.engines.llm.types import (
     Started,
 )
 
-LIMITS = EngineLimits(default_max_tokens=16, max_tokens_limit=100_000, max_waiting_requests=8)
+LIMITS = EngineLimits(default_max_tokens=16, max_tokens_limit=1_000_000, max_waiting_requests=8)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_plain_prompt_completion(engine: LLMEngine) -> None:
 
 @pytest.mark.parametrize(
     ("max_tokens", "code"),
-    [(200_000, "invalid_value"), (40_000, "context_length_exceeded")],
+    [(2_000_000, "invalid_value"), (140_000, "context_length_exceeded")],
 )
 def test_too_many_tokens_is_refused_before_starting(
     engine: LLMEngine, max_tokens: int, code: str

@@ -72,7 +72,7 @@ CATALOG: dict[str, Recipe] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=32768,
+        max_position_embeddings=131072,
     ),
     # For benchmarks and `make serve`: ~36M parameters, the size of a real small model's
     # per-token cost on a CPU.

@@ -1,0 +1,32 @@
+"""Readiness of the entry service: every dependency answers its own ``/readyz``.
+
+BentoML's built-in check lets a connection error to a dependency that is still starting escape
+the handler; its timeout middleware then never answers that probe, and the request (and the
+worker's graceful shutdown) hangs for the whole ``traffic.timeout``. This check turns every
+failure into "not ready" instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 5.0
+
+
+async def _ready(dependency: Any, timeout: float) -> bool:
+    try:
+        return bool(await asyncio.wait_for(dependency.is_ready(int(timeout)), timeout + 1))
+    except Exception as exc:
+        logger.debug("dependency not ready: %r", exc)
+        return False
+
+
+async def dependencies_ready(dependencies: Iterable[Any], timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when every dependency proxy answers ready within ``timeout`` seconds."""
+    results = await asyncio.gather(*(_ready(d, timeout) for d in dependencies))
+    return all(results)

@@ -1,0 +1,114 @@
+"""Real servers for integration tests: the composed Bento and the split topology.
+
+Both run the default profile with the tiny demo LLM, from a BentoML home of their own that
+``bentochain prepare`` fills once per session. Servers listen on free loopback ports and are
+stopped (their whole process group) when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
+from bentochain.serving.topology import SplitTopology, free_port, wait_ready
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="session")
+def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of every test server: its own model store, the tiny LLM, long generations."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BENTOCHAIN_")}
+    env.update(
+        {
+            "BENTOML_HOME": str(home),
+            "BENTOCHAIN_CONFIG": str(DEFAULT_PROFILE),
+            "BENTOCHAIN_LLM__MODEL": "demo:llama-tiny",
+            "BENTOCHAIN_LLM__GENERATION__MAX_TOKENS_LIMIT": "120000",
+            "BENTOML_DO_NOT_TRACK": "True",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "bentochain.cli", "prepare"],
+        env=env,
+        check=True,
+        timeout=600,
+        cwd=PROJECT_ROOT,
+    )
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="session")
+def composed(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``bentochain serve``: the whole Bento under one ``bentoml serve``."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("composed") / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentochain.cli", "serve", "--port", str(port)],
+            env=served_env,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, time.monotonic() + START_TIMEOUT, process)
+    except BaseException:
+        _stop_group(process)
+        raise RuntimeError(f"the composed server did not start:\n{log.read_text()[-4000:]}") from None
+    yield Server(url, log)
+    _stop_group(process)
+
+
+@pytest.fixture(scope="session")
+def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per service, the Gateway pointed at the others by URL (``--depends``)."""
+    logs = tmp_path_factory.mktemp("split")
+    topology = SplitTopology(port=free_port(), env=served_env, log_dir=logs)
+    topology.start(timeout=START_TIMEOUT)
+    yield Server(topology.urls["Gateway"], logs / "Gateway.log")
+    topology.stop()
+
+
+@pytest.fixture(scope="session", params=["composed", "split"])
+def gateway(request: pytest.FixtureRequest) -> Server:
+    """Each API test runs against both topologies."""
+    server: Server = request.getfixturevalue(request.param)
+    return server

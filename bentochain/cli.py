@@ -56,10 +56,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"bentochain: cannot prepare {key} ({ref}): {exc}", file=sys.stderr)
             return 1
         note = " (demo: random weights)" if result.ref.is_demo else ""
-        print(
-            f"{result.action:>8}  {ref:<32} {result.tag}{note} "
-            f"[{time.perf_counter() - t0:.2f}s]"
-        )
+        print(f"{result.action:>8}  {ref:<32} {result.tag}{note} [{time.perf_counter() - t0:.2f}s]")
     print(f"models ready in {time.perf_counter() - started:.2f}s")
     return 0
 
@@ -100,7 +97,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bentochain", description=__doc__)
-    parser.add_argument("--profile", help=f"profile YAML (default: ${CONFIG_ENV} or configs/default.yaml)")
+    parser.add_argument(
+        "--profile", help=f"profile YAML (default: ${CONFIG_ENV} or configs/default.yaml)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="validate the profile").set_defaults(func=cmd_check)
     commands.add_parser(

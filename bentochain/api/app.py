@@ -59,7 +59,9 @@ def _check_texts(texts: list[str], limits: Limits, param: str, *, allow_empty: b
     if not texts:
         raise APIError(400, f"'{param}' must not be empty.", code="invalid_value", param=param)
     if len(texts) > limits.max_inputs:
-        raise _too_large(f"'{param}' has {len(texts)} items, which", limits.max_inputs, "items", param)
+        raise _too_large(
+            f"'{param}' has {len(texts)} items, which", limits.max_inputs, "items", param
+        )
     for i, text in enumerate(texts):
         if not allow_empty and not text:
             raise APIError(

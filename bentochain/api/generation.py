@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 Kind = Literal["chat", "completion"]
 
 
-def sampling(request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+def sampling(
+    request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,

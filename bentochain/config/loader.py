@@ -38,8 +38,8 @@ def profile_path(environ: Mapping[str, str] | None = None) -> Path:
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, override and validate a profile."""
-    environ = dict(os.environ if environ is None else environ)
-    path = path or profile_path(environ)
+    env: dict[str, str] = dict(os.environ if environ is None else environ)
+    path = path or profile_path(env)
     data = _read_yaml(path)
 
     class _Profile(Settings):
@@ -53,15 +53,15 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             # Environment first: an override wins over the file.
-            return (_EnvSource(settings_cls, environ), init_settings)
+            return (_EnvSource(settings_cls, env), init_settings)
 
     try:
-        unknown = _unknown_env_sections(environ)
+        unknown = _unknown_env_sections(env)
         if unknown:
             raise ProfileError(_format(path, [(name, "unknown section", None) for name in unknown]))
         loaded = _Profile(**data)
     except ValidationError as exc:
-        problems = [_describe(err, environ) for err in exc.errors()]
+        problems = [_describe(err, env) for err in exc.errors()]
         raise ProfileError(_format(path, problems)) from None
     return loaded
 
@@ -86,7 +86,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(f"bentochain: invalid profile {path}: not valid YAML{where}: {problem}")
+        raise ProfileError(
+            f"bentochain: invalid profile {path}: not valid YAML{where}: {problem}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

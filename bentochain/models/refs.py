@@ -124,7 +124,5 @@ def _coerce(value: Any) -> Any:
     return value
 
 
-ModelRefField = Annotated[
-    ModelRef, BeforeValidator(_coerce), PlainSerializer(str, return_type=str)
-]
+ModelRefField = Annotated[ModelRef, BeforeValidator(_coerce), PlainSerializer(str, return_type=str)]
 """A ``ModelRef`` that is written in profiles and environment variables as a string."""

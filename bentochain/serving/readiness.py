@@ -18,15 +18,15 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT = 5.0
 
 
-async def _ready(dependency: Any, timeout: float) -> bool:
+async def _ready(dependency: Any, seconds: float) -> bool:
     try:
-        return bool(await asyncio.wait_for(dependency.is_ready(int(timeout)), timeout + 1))
+        return bool(await asyncio.wait_for(dependency.is_ready(int(seconds)), seconds + 1))
     except Exception as exc:
         logger.debug("dependency not ready: %r", exc)
         return False
 
 
-async def dependencies_ready(dependencies: Iterable[Any], timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when every dependency proxy answers ready within ``timeout`` seconds."""
-    results = await asyncio.gather(*(_ready(d, timeout) for d in dependencies))
+async def dependencies_ready(dependencies: Iterable[Any], seconds: float = PROBE_TIMEOUT) -> bool:
+    """True when every dependency proxy answers ready within ``seconds``."""
+    results = await asyncio.gather(*(_ready(d, seconds) for d in dependencies))
     return all(results)

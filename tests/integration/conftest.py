@@ -74,7 +74,9 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def composed(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def composed(
+    served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """``bentochain serve``: the whole Bento under one ``bentoml serve``."""
     port = free_port()
     log = tmp_path_factory.mktemp("composed") / "serve.log"
@@ -92,7 +94,9 @@ def composed(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         wait_ready(url, time.monotonic() + START_TIMEOUT, process)
     except BaseException:
         _stop_group(process)
-        raise RuntimeError(f"the composed server did not start:\n{log.read_text()[-4000:]}") from None
+        raise RuntimeError(
+            f"the composed server did not start:\n{log.read_text()[-4000:]}"
+        ) from None
     yield Server(url, log)
     _stop_group(process)
 

@@ -92,7 +92,11 @@ def test_completion_and_stream(client: openai.OpenAI) -> None:
 
 
 def test_embeddings_put_close_sentences_closer(client: openai.OpenAI) -> None:
-    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl plays the violin."]
+    texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl plays the violin.",
+    ]
     response = client.embeddings.create(model=EMBED, input=texts)
     vectors = np.asarray([d.embedding for d in response.data])
     assert vectors.shape == (3, 384)
@@ -114,7 +118,12 @@ def test_translate(gateway: Server) -> None:
 
 def test_langchain_chat_model(gateway: Server) -> None:
     llm = ChatOpenAI(
-        model=CHAT, base_url=gateway.v1, api_key="unused", max_tokens=8, temperature=0, max_retries=0
+        model=CHAT,
+        base_url=gateway.v1,
+        api_key="unused",
+        max_tokens=8,
+        temperature=0,
+        max_retries=0,
     )
     reply = llm.invoke([SystemMessage("You are terse."), HumanMessage("Hello!")])
     assert isinstance(reply.content, str) and reply.content
@@ -130,10 +139,10 @@ def test_langchain_completion_llm(gateway: Server) -> None:
 
 
 def test_langchain_embeddings(gateway: Server) -> None:
-    embeddings = OpenAIEmbeddings(
+    embeddings = OpenAIEmbeddings(  # type: ignore[call-arg]
         model=EMBED,
         base_url=gateway.v1,
-        api_key="unused",  # type: ignore[arg-type]
+        api_key="unused",
         check_embedding_ctx_length=False,  # send text; tiktoken has no offline encodings
         max_retries=0,
     )
@@ -146,12 +155,32 @@ def test_langchain_embeddings(gateway: Server) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "status"),
     [
-        ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404),
+        (
+            "/v1/chat/completions",
+            {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            404,
+        ),
         ("/v1/chat/completions", {"model": CHAT, "messages": []}, 400),
-        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400),
-        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**7}, 400),
-        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": 5}]}, 400),
-        ("/v1/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "x" * 40000}]}, 413),
+        (
+            "/v1/chat/completions",
+            {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**7},
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": CHAT, "messages": [{"role": "user", "content": 5}]},
+            400,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": CHAT, "messages": [{"role": "user", "content": "x" * 40000}]},
+            413,
+        ),
         ("/v1/embeddings", {"model": EMBED, "input": ["x"] * 300}, 413),
         ("/v1/embeddings", {"model": EMBED, "input": 42}, 400),
         ("/translate", {"texts": ["x"], "target_lang": "klingon"}, 400),
@@ -171,7 +200,9 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
 
 def test_malformed_and_oversized_bodies(gateway: Server) -> None:
     headers = {"content-type": "application/json"}
-    bad = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"{oops", headers=headers, timeout=30)
+    bad = httpx.post(
+        f"{gateway.url}/v1/chat/completions", content=b"{oops", headers=headers, timeout=30
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
     huge = b'{"model": "x", "input": "' + b"a" * 2_000_000 + b'"}'
     big = httpx.post(f"{gateway.url}/v1/embeddings", content=huge, headers=headers, timeout=30)

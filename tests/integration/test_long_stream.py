@@ -37,7 +37,9 @@ def _stream(server: Server, max_tokens: int) -> tuple[float, int, str | None, bo
     finish, done, tokens = None, False, None
     chunks = 0
     timeout = httpx.Timeout(30.0, read=60.0)  # per read: the stream itself may take minutes
-    with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=timeout) as response:
+    with httpx.stream(
+        "POST", f"{server.v1}/chat/completions", json=body, timeout=timeout
+    ) as response:
         assert response.status_code == 200, response.read()
         for line in response.iter_lines():
             if not line.startswith("data: "):

@@ -83,30 +83,56 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
     ("text", "environ", "expected"),
     [
         (MINIMAL + "gateway:\n  limts: {}\n", {}, "gateway.limts: unknown key"),
-        (MINIMAL.replace("llm:\n  model: demo:llama-tiny\n", "llm:\n  workers: 1\n"), {},
-         "llm.model: required key is missing"),
-        (MINIMAL, {"BENTOCHAIN_LLM__TRAFFIC__TIMEOUT": "soon"},
-         "llm.traffic.timeout (from environment BENTOCHAIN_LLM__TRAFFIC__TIMEOUT): "
-         "Input should be a valid number"),
-        (MINIMAL, {"BENTOCHAIN_EMBEDDER__BATCHING__MAX_BATCH_SIZE": "0"},
-         "embedder.batching.max_batch_size (from environment "
-         "BENTOCHAIN_EMBEDDER__BATCHING__MAX_BATCH_SIZE): Input should be greater than 0"),
-        (MINIMAL, {"BENTOCHAIN_LLM__MODEL": "demo:marian-en-fr"},
-         "llm.model (from environment BENTOCHAIN_LLM__MODEL): 'demo:marian-en-fr' is not a causal LM"),
+        (
+            MINIMAL.replace("llm:\n  model: demo:llama-tiny\n", "llm:\n  workers: 1\n"),
+            {},
+            "llm.model: required key is missing",
+        ),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_LLM__TRAFFIC__TIMEOUT": "soon"},
+            "llm.traffic.timeout (from environment BENTOCHAIN_LLM__TRAFFIC__TIMEOUT): "
+            "Input should be a valid number",
+        ),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_EMBEDDER__BATCHING__MAX_BATCH_SIZE": "0"},
+            "embedder.batching.max_batch_size (from environment "
+            "BENTOCHAIN_EMBEDDER__BATCHING__MAX_BATCH_SIZE): Input should be greater than 0",
+        ),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_LLM__MODEL": "demo:marian-en-fr"},
+            "llm.model (from environment BENTOCHAIN_LLM__MODEL): "
+            "'demo:marian-en-fr' is not a causal LM",
+        ),
         (MINIMAL, {"BENTOCHAIN_LLM__MODEL": "demo:gpt-5"}, "there is no demo model 'gpt-5'"),
         (MINIMAL, {"BENTOCHAIN_LLM__MODEL": "llama"}, "must start with one of 'demo:', 'hf:'"),
-        (MINIMAL, {"BENTOCHAIN_LLM__SCALING__MIN_REPLICAS": "5"},
-         "llm.scaling (from environment BENTOCHAIN_LLM__SCALING__MIN_REPLICAS): "
-         "min_replicas (5) is above max_replicas (1)"),
-        (MINIMAL, {"BENTOCHAIN_LLM__WORKERS": "many"},
-         "llm.workers (from environment BENTOCHAIN_LLM__WORKERS): workers must be a positive "
-         "integer or 'cpu_count'"),
-        (MINIMAL, {"BENTOCHAIN_LMM__MODEL": "demo:llama-tiny"}, "BENTOCHAIN_LMM__MODEL: unknown section"),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_LLM__SCALING__MIN_REPLICAS": "5"},
+            "llm.scaling (from environment BENTOCHAIN_LLM__SCALING__MIN_REPLICAS): "
+            "min_replicas (5) is above max_replicas (1)",
+        ),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_LLM__WORKERS": "many"},
+            "llm.workers (from environment BENTOCHAIN_LLM__WORKERS): workers must be a positive "
+            "integer or 'cpu_count'",
+        ),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_LMM__MODEL": "demo:llama-tiny"},
+            "BENTOCHAIN_LMM__MODEL: unknown section",
+        ),
         (MINIMAL, {"BENTOCHAIN_EMBEDDER__MODEL": "demo:llama-tiny"}, "there is no demo embedder"),
         (MINIMAL + "llm: [\n", {}, "not valid YAML at line"),
         ("- just\n- a list\n", {}, "the top level must be a mapping"),
-        (MINIMAL, {"BENTOCHAIN_TRANSLATORS__ES__SERVED_NAME": "marian-en-fr"},
-         "translators.es and translators.fr are both served as 'marian-en-fr'"),
+        (
+            MINIMAL,
+            {"BENTOCHAIN_TRANSLATORS__ES__SERVED_NAME": "marian-en-fr"},
+            "translators.es and translators.fr are both served as 'marian-en-fr'",
+        ),
     ],
 )
 def test_bad_profiles_name_file_key_and_problem(

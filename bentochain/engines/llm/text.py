@@ -66,9 +66,7 @@ class StopMatcher:
         if self.stopped:
             return ""
         self._pending += text
-        cut = min(
-            (i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1
-        )
+        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             out, self._pending = self._pending[:cut], ""

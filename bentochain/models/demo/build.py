@@ -16,7 +16,12 @@ from bentochain.models.demo.catalog import (
     fingerprint,
     recipe,
 )
-from bentochain.models.demo.tokenizer import chat_tokenizer, translation_tokenizer
+from bentochain.models.demo.tokenizer import (
+    END_OF_TEXT,
+    IM_END,
+    chat_tokenizer,
+    translation_tokenizer,
+)
 
 DEMO_MARKER = "bentochain-demo.json"
 """Written next to the weights so anyone opening the folder learns they are random."""
@@ -44,7 +49,8 @@ def _build_causal_lm(spec: CausalLMRecipe, target: Path) -> None:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = chat_tokenizer(vocab_size=spec.vocab_size, seed=spec.seed)
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    vocabulary = tokenizer.get_vocab()
+    eos = [vocabulary[IM_END], vocabulary[END_OF_TEXT]]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,

@@ -1,0 +1,149 @@
+"""Locust scenarios for the gateway: a weighted mix of what OpenAI-style clients send.
+
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:3000
+
+Streaming chat users also report time to first token and tokens per second as their own locust
+entries (``TTFT`` and ``tokens/s``: the "response time" column holds the value), so the HTML and CSV
+reports carry them beside the request latencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from typing import Any
+
+from locust import HttpUser, between, task
+
+CHAT_MODEL = os.environ.get("LOADTEST_CHAT_MODEL", "llama-36m")
+EMBED_MODEL = os.environ.get("LOADTEST_EMBED_MODEL", "all-MiniLM-L6-v2")
+MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
+
+PROMPTS = [
+    "Summarise the plot of a film about a robot who learns to paint.",
+    "What are three good habits for writing maintainable code?",
+    "Translate the idea of 'serving a model' for a ten-year-old.",
+    "Write a haiku about autumn rain.",
+    "Explain why batching requests makes a GPU more efficient.",
+]
+SENTENCES = [
+    "The cat sleeps on the warm chair.",
+    "Our model answers questions about the database.",
+    "Batching requests makes the hardware work harder.",
+    "Every service scales on its own.",
+]
+
+
+def _fire(user: HttpUser, name: str, value: float, length: int = 0) -> None:
+    """Record a custom measurement as a locust request entry."""
+    user.environment.events.request.fire(
+        request_type="METRIC",
+        name=name,
+        response_time=value,
+        response_length=length,
+        exception=None,
+        context={},
+    )
+
+
+class ChatUser(HttpUser):
+    weight = 4
+    wait_time = between(0.5, 2.0)
+
+    def _body(self, stream: bool) -> dict[str, Any]:
+        return {
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
+            "max_tokens": MAX_TOKENS,
+            "stream": stream,
+            "stream_options": {"include_usage": True} if stream else None,
+        }
+
+    @task(2)
+    def chat(self) -> None:
+        with self.client.post(
+            "/v1/chat/completions", json=self._body(False), name="chat", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+            elif not response.json()["choices"]:
+                response.failure("no choices")
+
+    @task(3)
+    def chat_stream(self) -> None:
+        started = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        done = False
+        with self.client.post(
+            "/v1/chat/completions",
+            json=self._body(True),
+            name="chat (stream)",
+            stream=True,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            for line in response.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    response.failure(event["error"]["message"])
+                    return
+                if first is None and any(c["delta"].get("content") for c in event["choices"]):
+                    first = time.perf_counter()
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+            if not done:
+                response.failure("stream ended without [DONE]")
+                return
+        end = time.perf_counter()
+        if first is not None:
+            _fire(self, "TTFT (ms)", (first - started) * 1000)
+            if tokens > 1 and end > first:
+                _fire(self, "tokens/s per stream", tokens / (end - started), tokens)
+
+
+class CompletionUser(HttpUser):
+    weight = 1
+    wait_time = between(0.5, 2.0)
+
+    @task
+    def completion(self) -> None:
+        body = {"model": CHAT_MODEL, "prompt": random.choice(PROMPTS), "max_tokens": MAX_TOKENS}
+        self.client.post("/v1/completions", json=body, name="completion")
+
+
+class EmbeddingUser(HttpUser):
+    weight = 3
+    wait_time = between(0.2, 1.0)
+
+    @task
+    def embed(self) -> None:
+        texts = random.sample(SENTENCES, k=random.randint(1, len(SENTENCES)))
+        self.client.post(
+            "/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, name="embeddings"
+        )
+
+
+class TranslateUser(HttpUser):
+    weight = 1
+    wait_time = between(0.5, 2.0)
+
+    @task
+    def to_french(self) -> None:
+        body = {"texts": random.sample(SENTENCES, k=2), "target_lang": "fr"}
+        self.client.post("/translate", json=body, name="translate fr")
+
+    @task
+    def to_spanish(self) -> None:
+        body = {"texts": random.sample(SENTENCES, k=2), "target_lang": "es"}
+        self.client.post("/translate", json=body, name="translate es")

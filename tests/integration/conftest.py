@@ -8,7 +8,6 @@ stopped (their whole process group) when the session ends.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
-from bentochain.serving.topology import SplitTopology, free_port, wait_ready
+from bentochain.serving.topology import SplitTopology, free_port, stop_server, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -60,19 +59,6 @@ class Server:
         return f"{self.url}/v1"
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="session")
 def composed(
     served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
@@ -93,12 +79,12 @@ def composed(
     try:
         wait_ready(url, time.monotonic() + START_TIMEOUT, process)
     except BaseException:
-        _stop_group(process)
+        stop_server(process)
         raise RuntimeError(
             f"the composed server did not start:\n{log.read_text()[-4000:]}"
         ) from None
     yield Server(url, log)
-    _stop_group(process)
+    stop_server(process)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ topology (one server per service, as one Kubernetes Deployment per service runs 
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import numpy as np
 import openai
@@ -44,27 +46,20 @@ def test_models(client: openai.OpenAI) -> None:
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(
-        model=CHAT,
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        max_tokens=6,
-        temperature=0.7,
-        top_p=0.9,
-        seed=3,
-        extra_body={"ignore_eos": True},
-    )
+    request: dict[str, Any] = {
+        "model": CHAT,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "seed": 3,
+        "extra_body": {"ignore_eos": True},
+    }
+    completion = client.chat.completions.create(**request)
     assert completion.object == "chat.completion" and completion.model == CHAT
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 6
-    again = client.chat.completions.create(
-        model=CHAT,
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        max_tokens=6,
-        temperature=0.7,
-        top_p=0.9,
-        seed=3,
-        extra_body={"ignore_eos": True},
-    )
+    again = client.chat.completions.create(**request)  # the same seed samples the same tokens
     assert again.choices[0].message.content == completion.choices[0].message.content
 
 

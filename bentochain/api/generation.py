@@ -194,7 +194,9 @@ def completion_response(model: str, results: list[Generated]) -> dict[str, Any]:
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    # ASCII-escaped: generated text can hold U+2028, U+0085 and other characters that many
+    # clients' line splitters (Python's str.splitlines among them) treat as line breaks.
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=True)
     return f"data: {data}\n\n"
 
 

@@ -492,3 +492,23 @@ def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> 
         ("/translate", {"texts": ["x"], "target_lang": "fr"}),
     ):
         assert_openai_error(call(app, "POST", path, json=body), status)
+
+
+def test_sse_lines_survive_any_generated_character() -> None:
+    from bentochain.api.generation import OpenedStream, sse_stream
+    from bentochain.engines.llm.types import Delta, Finished, Started
+
+    awkward = "a\u2028b\u0085c\rd\ne\x0cf\x1cg\u2029h"
+
+    async def events() -> AsyncIterator[Any]:
+        yield Delta(text=awkward, completion_tokens=1)
+        yield Finished(finish_reason="length", prompt_tokens=1, completion_tokens=1)
+
+    async def body() -> str:
+        stream = OpenedStream(Started(prompt_tokens=1), events())  # type: ignore[arg-type]
+        return "".join([chunk async for chunk in sse_stream("chat", CHAT, stream, False)])
+
+    lines = [line for line in asyncio.run(body()).splitlines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    contents = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in contents) == awkward

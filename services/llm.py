@@ -19,17 +19,15 @@ class LLM:
     model = stored_model(SETTINGS.model, "llm.model")
 
     def __init__(self) -> None:
-        from bentochain.engines.llm.engine import EngineLimits, LLMEngine
+        from bentochain.engines.llm.engine import LLMEngine
+        from bentochain.observability.metrics import PrometheusEngineMetrics
+        from bentochain.serving.engines import engine_config
 
         quiet_transformers()
-        generation = SETTINGS.generation
         self.engine = LLMEngine(
             Path(self.model.path),
-            EngineLimits(
-                default_max_tokens=generation.default_max_tokens,
-                max_tokens_limit=generation.max_tokens_limit,
-                max_waiting_requests=generation.max_waiting_requests,
-            ),
+            engine_config(SETTINGS),
+            metrics=PrometheusEngineMetrics(SETTINGS.served_id),
         )
 
     @bentoml.api

@@ -141,7 +141,27 @@ class GenerationSettings(Section):
         return self
 
 
+class LLMBatching(Batching):
+    """Continuous batching: ``max_batch_size`` sequences decode together; a request waits in
+    the queue at most ``max_latency_ms`` (then 503); a step prefills at most
+    ``max_batch_tokens`` prompt tokens (always at least one prompt)."""
+
+    max_latency_ms: PositiveInt = 60_000
+    max_batch_tokens: PositiveInt = 2048
+
+
+class KVCache(Section):
+    """KV memory, fixed by configuration: ``blocks`` × ``block_size`` tokens in all."""
+
+    block_size: PositiveInt = 16
+    blocks: PositiveInt = Field(
+        2048, description="a request reserves blocks for its prompt and max_tokens"
+    )
+
+
 class LLMSettings(ModelServiceSettings):
+    batching: LLMBatching = LLMBatching()
+    kv_cache: KVCache = KVCache()
     generation: GenerationSettings = GenerationSettings()
 
     @field_validator("model")

@@ -36,6 +36,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "BENTOCHAIN_CONFIG": str(DEFAULT_PROFILE),
             "BENTOCHAIN_LLM__MODEL": "demo:llama-tiny",
             "BENTOCHAIN_LLM__GENERATION__MAX_TOKENS_LIMIT": "120000",
+            "BENTOCHAIN_LLM__KV_CACHE__BLOCKS": "16384",  # 262k tokens of the tiny model: 128 MiB
             "BENTOML_DO_NOT_TRACK": "True",
         }
     )

@@ -1,15 +1,21 @@
-"""The generation engine on the tiny demo model: events, limits, stops, queueing, cancellation."""
+"""The continuous-batching engine on the tiny demo model.
+
+Events and limits, per-request parameters, batch invariance of greedy decoding, requests joining
+and leaving a running batch, the bounded queue, KV memory and cancellation.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
-from bentochain.engines.llm.engine import EngineLimits, LLMEngine
+from bentochain.engines.llm.engine import EngineConfig, LLMEngine
 from bentochain.engines.llm.types import (
     ChatMessage,
     Delta,
@@ -20,30 +26,48 @@ from bentochain.engines.llm.types import (
     Started,
 )
 
-LIMITS = EngineLimits(default_max_tokens=16, max_tokens_limit=1_000_000, max_waiting_requests=8)
+CONFIG = EngineConfig(
+    default_max_tokens=16,
+    max_tokens_limit=1_000_000,
+    max_waiting_requests=64,
+    max_running=16,
+    kv_blocks=20_000,
+)
+
+Event = Started | Delta | Finished | Failed
 
 
 @pytest.fixture(scope="module")
 def engine(demo_dir: Path) -> Iterator[LLMEngine]:
-    engine = LLMEngine(demo_dir / "llama-tiny", LIMITS)
+    engine = LLMEngine(demo_dir / "llama-tiny", CONFIG)
     yield engine
     engine.close()
 
 
+def make_engine(demo_dir: Path, **changes: object) -> LLMEngine:
+    return LLMEngine(demo_dir / "llama-tiny", replace(CONFIG, **changes))  # type: ignore[arg-type]
+
+
 def chat(text: str = "Hello there", **params: object) -> GenerationRequest:
     return GenerationRequest(
-        messages=(ChatMessage(role="user", content=text),), params=SamplingParams(**params)
+        messages=(ChatMessage(role="user", content=text),),
+        params=SamplingParams(**params),
     )
 
 
-def run(engine: LLMEngine, request: GenerationRequest) -> list[object]:
-    async def collect() -> list[object]:
-        return [event async for event in engine.stream(request)]
-
-    return asyncio.run(collect())
+def prompt(text: str, **params: object) -> GenerationRequest:
+    return GenerationRequest(prompt=text, params=SamplingParams(**params))
 
 
-def text_of(events: list[object]) -> str:
+async def collect(engine: LLMEngine, request: GenerationRequest) -> list[Event]:
+    return [event async for event in engine.stream(request)]
+
+
+def run(engine: LLMEngine, request: GenerationRequest) -> list[Event]:
+    return asyncio.run(collect(engine, request))
+
+
+def text_of(events: list[Event]) -> str:
     return "".join(e.text for e in events if isinstance(e, Delta))
 
 
@@ -61,10 +85,24 @@ def test_events_start_stream_and_finish_with_counts(engine: LLMEngine) -> None:
     assert [d.completion_tokens for d in deltas] == sorted(d.completion_tokens for d in deltas)
 
 
+def test_greedy_matches_transformers_generate(engine: LLMEngine) -> None:
+    ids = engine.tokenizer("The cat sleeps on the warm chair.")["input_ids"]
+    with torch.inference_mode():
+        reference = engine.model.generate(
+            torch.tensor([ids]), max_new_tokens=30, min_new_tokens=30, do_sample=False
+        )
+    expected = engine.tokenizer.decode(reference[0, len(ids) :], skip_special_tokens=True)
+    events = run(
+        engine,
+        prompt("The cat sleeps on the warm chair.", max_tokens=30, temperature=0, ignore_eos=True),
+    )
+    assert text_of(events) == expected
+
+
 def test_default_max_tokens_applies_when_none_is_given(engine: LLMEngine) -> None:
     finished = run(engine, chat(temperature=0.0, ignore_eos=True))[-1]
     assert isinstance(finished, Finished)
-    assert finished.completion_tokens == LIMITS.default_max_tokens
+    assert finished.completion_tokens == CONFIG.default_max_tokens
 
 
 def test_greedy_is_deterministic_and_seeds_reproduce(engine: LLMEngine) -> None:
@@ -76,6 +114,31 @@ def test_greedy_is_deterministic_and_seeds_reproduce(engine: LLMEngine) -> None:
     assert text_of(run(engine, seeded)) != text_of(run(engine, other))
 
 
+def test_greedy_output_is_the_same_alone_and_in_a_full_batch(engine: LLMEngine) -> None:
+    requests = [
+        prompt(f"request {i}: " + "some words to vary the length " * (i % 7), max_tokens=24,
+               temperature=0, ignore_eos=True)
+        for i in range(CONFIG.max_running)
+    ]  # fmt: skip
+    alone = [text_of(run(engine, r)) for r in requests[:6]]
+
+    async def together() -> list[list[Event]]:
+        return await asyncio.gather(*(collect(engine, r) for r in requests))
+
+    batched = asyncio.run(together())
+    assert [text_of(events) for events in batched[:6]] == alone
+    # Seeded sampling is per request too: its stream does not depend on its neighbours.
+    seeded = prompt("seeded", max_tokens=24, temperature=1.0, seed=7, ignore_eos=True)
+
+    async def seeded_in_batch() -> list[Event]:
+        results = await asyncio.gather(
+            collect(engine, seeded), *(collect(engine, r) for r in requests[:8])
+        )
+        return results[0]
+
+    assert text_of(asyncio.run(seeded_in_batch())) == text_of(run(engine, seeded))
+
+
 def test_stop_string_ends_generation_with_stop(engine: LLMEngine) -> None:
     full = text_of(run(engine, chat(max_tokens=40, temperature=0.0, ignore_eos=True)))
     stop = full[len(full) // 2 : len(full) // 2 + 3]
@@ -85,12 +148,6 @@ def test_stop_string_ends_generation_with_stop(engine: LLMEngine) -> None:
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.finish_reason == "stop"
     assert finished.completion_tokens < 40
-
-
-def test_plain_prompt_completion(engine: LLMEngine) -> None:
-    request = GenerationRequest(prompt="Once upon a time", params=SamplingParams(max_tokens=5))
-    events = run(engine, request)
-    assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
 
 
 @pytest.mark.parametrize(
@@ -107,17 +164,64 @@ def test_too_many_tokens_is_refused_before_starting(
     assert (failed.status, failed.code, failed.param) == (400, code, "max_tokens")
 
 
+def test_a_request_larger_than_kv_memory_is_refused(demo_dir: Path) -> None:
+    engine = make_engine(demo_dir, kv_blocks=4, block_size=16)  # 64 tokens in all
+    try:
+        failed = run(engine, prompt("hi", max_tokens=100))[0]
+    finally:
+        engine.close()
+    assert isinstance(failed, Failed) and failed.code == "context_length_exceeded"
+    assert "64 tokens" in failed.message
+
+
+async def _first_delta(stream: AsyncGenerator[Event, None]) -> float:
+    async for event in stream:
+        if isinstance(event, Delta):
+            return time.perf_counter()
+    raise AssertionError("no token")
+
+
+def test_a_short_request_joins_a_running_long_one_and_finishes_first(engine: LLMEngine) -> None:
+    async def scenario() -> tuple[float, float, float]:
+        long_stream = engine.stream(prompt("long", max_tokens=3000, ignore_eos=True))
+        await _first_delta(long_stream)  # the long one is decoding
+        started = time.perf_counter()
+        short = await collect(engine, prompt("short", max_tokens=8, ignore_eos=True))
+        short_done = time.perf_counter()
+        assert isinstance(short[-1], Finished)
+        async for event in long_stream:
+            if isinstance(event, Finished):
+                break
+        return started, short_done, time.perf_counter()
+
+    started, short_done, long_done = asyncio.run(scenario())
+    assert short_done - started < (long_done - started) / 5
+
+
+def test_requests_beyond_kv_memory_wait_for_it_instead_of_failing(demo_dir: Path) -> None:
+    # Each request reserves 3 blocks (prompt + 40 tokens); 6 blocks hold two at a time.
+    engine = make_engine(demo_dir, kv_blocks=6, block_size=16)
+
+    async def scenario() -> list[list[Event]]:
+        return await asyncio.gather(
+            *(collect(engine, prompt(f"p{i}", max_tokens=40, ignore_eos=True)) for i in range(5))
+        )
+
+    try:
+        results = asyncio.run(scenario())
+        assert engine.budget.used == 0
+    finally:
+        engine.close()
+    assert all(isinstance(events[-1], Finished) for events in results)
+
+
 def test_a_full_queue_answers_429_at_once(demo_dir: Path) -> None:
-    engine = LLMEngine(
-        demo_dir / "llama-tiny",
-        EngineLimits(default_max_tokens=16, max_tokens_limit=100_000, max_waiting_requests=1),
-    )
+    engine = make_engine(demo_dir, max_running=1, max_waiting_requests=1)
     long = chat(max_tokens=20_000, ignore_eos=True)
 
     async def scenario() -> Failed:
         running = engine.stream(long)
-        assert isinstance(await anext(running), Started)
-        assert isinstance(await anext(running), Delta)  # the engine thread took it
+        await _first_delta(running)  # admitted: it holds the only running slot
         waiting = engine.stream(long)
         assert isinstance(await anext(waiting), Started)  # queued
         started = time.perf_counter()
@@ -135,16 +239,67 @@ def test_a_full_queue_answers_429_at_once(demo_dir: Path) -> None:
     assert failed.status == 429 and failed.retry_after == 1.0
 
 
-def test_a_cancelled_request_frees_the_engine(engine: LLMEngine) -> None:
+def test_a_request_waiting_too_long_gets_503(demo_dir: Path) -> None:
+    engine = make_engine(demo_dir, max_running=1, max_queue_seconds=0.5)
+
+    async def scenario() -> list[Event]:
+        running = engine.stream(chat(max_tokens=20_000, ignore_eos=True))
+        await _first_delta(running)
+        events = await collect(engine, chat(max_tokens=4))
+        await running.aclose()
+        return events
+
+    try:
+        events = asyncio.run(scenario())
+    finally:
+        engine.close()
+    failed = events[-1]
+    assert isinstance(failed, Failed)
+    assert (failed.status, failed.code, failed.retry_after) == (503, "queue_timeout", 1.0)
+
+
+def test_a_cancelled_request_frees_its_slot_and_memory(demo_dir: Path) -> None:
+    engine = make_engine(demo_dir, max_running=1)
+
     async def scenario() -> float:
-        # ~20k tokens would keep the tiny model busy for well over ten seconds.
         stream = engine.stream(chat(max_tokens=20_000, ignore_eos=True))
-        for _ in range(3):
-            await anext(stream)
-        await stream.aclose()
+        await _first_delta(stream)
+        assert engine.budget.used > 0
+        await stream.aclose()  # the caller went away
         started = time.perf_counter()
-        events = [e async for e in engine.stream(chat(max_tokens=5, temperature=0.0))]
+        # With one slot, this only runs once the cancelled one has left.
+        events = await collect(engine, chat(max_tokens=5, temperature=0.0))
         assert isinstance(events[-1], Finished)
         return time.perf_counter() - started
 
-    assert asyncio.run(scenario()) < 5.0
+    try:
+        assert asyncio.run(scenario()) < 2.0
+        deadline = time.monotonic() + 5
+        while engine.budget.used and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.budget.used == 0
+    finally:
+        engine.close()
+
+
+def test_end_of_sequence_stops_unless_ignored_or_below_min_tokens(demo_dir: Path) -> None:
+    engine = make_engine(demo_dir)
+    try:
+        ids = engine.tokenizer("Once upon a time")["input_ids"]
+        with torch.inference_mode():
+            greedy = engine.model.generate(
+                torch.tensor([ids]), max_new_tokens=3, min_new_tokens=3, do_sample=False
+            )
+        # Make the third greedy token this engine's end of sequence.
+        engine.eos_ids = frozenset({int(greedy[0, -1])})
+        request = "Once upon a time"
+        stopped = run(engine, prompt(request, max_tokens=12, temperature=0))[-1]
+        at_least = run(engine, prompt(request, max_tokens=12, min_tokens=8, temperature=0))[-1]
+        ignored = run(engine, prompt(request, max_tokens=12, temperature=0, ignore_eos=True))[-1]
+    finally:
+        engine.close()
+    assert isinstance(stopped, Finished)
+    assert (stopped.finish_reason, stopped.completion_tokens) == ("stop", 3)
+    assert isinstance(at_least, Finished) and at_least.completion_tokens >= 8
+    assert isinstance(ignored, Finished)
+    assert (ignored.finish_reason, ignored.completion_tokens) == ("length", 12)

@@ -25,7 +25,7 @@ from bentochain.api.backends import Backends, EncodedText, TargetLang
 from bentochain.config.loader import DEFAULT_PROFILE, load_settings
 from bentochain.config.schema import Settings
 from bentochain.engines.encoder import SentenceEncoder
-from bentochain.engines.llm.engine import EngineLimits, LLMEngine
+from bentochain.engines.llm.engine import EngineConfig, LLMEngine
 from bentochain.engines.llm.types import GenerationRequest, encode_event
 from bentochain.engines.translator import Translator
 
@@ -64,10 +64,7 @@ def profile(**overrides: str) -> Settings:
 
 @pytest.fixture(scope="module")
 def engines(demo_dir: Path, embedder_dir: Path) -> Iterator[LocalBackends]:
-    llm = LLMEngine(
-        demo_dir / "llama-tiny",
-        EngineLimits(default_max_tokens=16, max_tokens_limit=4096, max_waiting_requests=64),
-    )
+    llm = LLMEngine(demo_dir / "llama-tiny", EngineConfig(default_max_tokens=16))
     translators = {
         lang: Translator(demo_dir / f"marian-en-{lang}", max_new_tokens=8, num_beams=1)
         for lang in ("fr", "es")
@@ -426,7 +423,7 @@ def test_llm_queue_full_answers_429_with_retry_after(
 ) -> None:
     llm = LLMEngine(
         demo_dir / "llama-tiny",
-        EngineLimits(default_max_tokens=16, max_tokens_limit=4096, max_waiting_requests=1),
+        EngineConfig(default_max_tokens=16, max_running=1, max_waiting_requests=1),
     )
     backends = LocalBackends(llm, engines.encoder, engines.translators)
     app = create_app(profile(), lambda: backends)

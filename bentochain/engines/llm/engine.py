@@ -1,9 +1,15 @@
-"""The generation engine: a causal LM behind a bounded queue, streaming each request's tokens.
+"""The generation engine: iteration-level (continuous) batching.
 
-The model runs on a thread of its own, so the service's event loop stays free to accept, stream
-and cancel requests while a decode step computes. Requests wait in a bounded queue: past it,
-the caller gets a 429 with ``Retry-After`` at once instead of an unbounded wait. A request whose
-caller went away is dropped before its next decode step.
+Every step decodes one token for every running sequence in a single forward pass. Between
+steps, finished and cancelled sequences leave (their KV blocks return to the budget) and waiting
+requests join: each new prompt is prefilled, gets its first token, and decodes with the others
+from the next step on. Each request streams its own tokens as they are produced.
+
+Limits are configuration, not guesses: at most ``max_running`` sequences decode together, KV
+memory holds ``kv_blocks`` × ``block_size`` tokens, a step prefills at most ``max_batch_tokens``
+prompt tokens, at most ``max_waiting_requests`` wait (past that: 429 at once), and a request that
+waited ``max_queue_seconds`` gets a 503. The model runs on a thread of its own, so the service's
+event loop stays free to accept, stream and cancel requests while a step computes.
 """
 
 from __future__ import annotations
@@ -11,13 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bentochain.engines.llm.kv import (
+    BlockBudget,
+    KVLayout,
+    SequenceKV,
+    blocks_for,
+    register_attention,
+)
+from bentochain.engines.llm.metrics import EngineMetrics, NullMetrics
+from bentochain.engines.llm.runner import ModelRunner
 from bentochain.engines.llm.sampling import make_generator, next_token
 from bentochain.engines.llm.text import IncrementalDecoder, StopMatcher
 from bentochain.engines.llm.types import (
@@ -35,17 +53,25 @@ EventOut = Started | Delta | Finished | Failed
 
 
 @dataclass(frozen=True)
-class EngineLimits:
-    default_max_tokens: int
-    max_tokens_limit: int
-    max_waiting_requests: int
+class EngineConfig:
+    default_max_tokens: int = 256
+    max_tokens_limit: int = 4096
+    max_waiting_requests: int = 256
+    max_running: int = 32
+    max_queue_seconds: float = 60.0
+    block_size: int = 16
+    kv_blocks: int = 2048
+    max_batch_tokens: int = 2048
 
 
 @dataclass
 class _Job:
+    """A request as the event loop sees it: what to generate and where its events go."""
+
     prompt_ids: list[int]
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
+    submitted: float = field(default_factory=time.monotonic)
     events: asyncio.Queue[EventOut] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
 
@@ -54,24 +80,56 @@ class _Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
+@dataclass
+class _Sequence:
+    """A running generation, as the engine thread sees it."""
+
+    job: _Job
+    kv: SequenceKV
+    reserved_blocks: int
+    decoder: IncrementalDecoder
+    stopper: StopMatcher
+    generator: torch.Generator
+    admitted: float
+    generated: int = 0
+    last_token: int = -1
+    first_token_at: float | None = None
+    done: bool = False
+
+
 class LLMEngine:
     """Load a causal LM from a Hugging Face folder and serve generations from it."""
 
-    def __init__(self, model_dir: Path, limits: EngineLimits) -> None:
-        import torch
+    def __init__(
+        self, model_dir: Path, config: EngineConfig, metrics: EngineMetrics | None = None
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.limits = limits
+        self.config = config
+        self.metrics = metrics or NullMetrics()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        self.model: Any = model.to(self.device).eval()
-        self.context_length = int(
-            getattr(self.model.config, "max_position_embeddings", None) or 2048
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation=register_attention()
         )
+        self.model: Any = model.to(self.device).eval()
+        text_config = self.model.config.get_text_config()
+        self.context_length = int(getattr(text_config, "max_position_embeddings", None) or 2048)
         self.eos_ids = self._eos_ids()
-        self._queue: queue.Queue[_Job | None] = queue.Queue(limits.max_waiting_requests)
+        self.kv_layout = KVLayout.of(text_config, dtype, self.device)
+        self.budget = BlockBudget(config.kv_blocks)
+        self.runner = ModelRunner(self.model, self.device)
+        per_token = self.kv_layout.bytes_per_token
+        logger.info(
+            "KV memory: %d blocks x %d tokens = %d tokens, at most %.1f MiB (%d bytes a token)",
+            config.kv_blocks, config.block_size, self.kv_capacity_tokens,
+            self.kv_capacity_tokens * per_token / 2**20, per_token,
+        )  # fmt: skip
+        self._lock = threading.Condition()
+        self._waiting: deque[_Job] = deque()
+        self._running: list[_Sequence] = []
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
@@ -86,9 +144,15 @@ class LLMEngine:
             ids.add(int(self.tokenizer.eos_token_id))
         return frozenset(ids)
 
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.config.kv_blocks * self.config.block_size
+
     def close(self) -> None:
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(timeout=10)
 
     # -- request side (event loop) ----------------------------------------------------------
 
@@ -102,9 +166,6 @@ class LLMEngine:
             )
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(request.prompt or "")["input_ids"])
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[EventOut, None]:
         """Events for one generation: ``started`` or ``error`` first, then deltas, then the end."""
@@ -120,14 +181,19 @@ class LLMEngine:
             yield problem
             return
         job = _Job(prompt_ids, params, asyncio.get_running_loop())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
+        with self._lock:
+            if len(self._waiting) >= self.config.max_waiting_requests:
+                refused = True
+            else:
+                refused = False
+                self._waiting.append(job)
+                self._lock.notify()
+        if refused:
             yield Failed(
                 status=429,
                 code="queue_full",
                 message=(
-                    f"the model is busy: {self.limits.max_waiting_requests} requests are already "
+                    f"the model is busy: {self.config.max_waiting_requests} requests are already "
                     "waiting; retry shortly"
                 ),
                 retry_after=1.0,
@@ -141,34 +207,35 @@ class LLMEngine:
                 if isinstance(event, Finished | Failed):
                     return
         finally:
-            job.cancelled = True  # the caller stopped listening: free the engine
+            job.cancelled = True  # the caller stopped listening: the engine drops it next step
 
     def _resolve(
         self, params: SamplingParams, prompt_tokens: int
     ) -> tuple[SamplingParams, Failed | None]:
-        room = self.context_length - prompt_tokens
+        limit = min(self.context_length, self.kv_capacity_tokens)
+        room = limit - prompt_tokens
         if room <= 0:
             return params, Failed(
                 status=400,
                 code="context_length_exceeded",
                 param="messages",
                 message=(
-                    f"This model's maximum context length is {self.context_length} tokens, "
+                    f"This model's maximum context length is {limit} tokens, "
                     f"but the prompt has {prompt_tokens} tokens."
                 ),
             )
         if params.max_tokens is None:
-            default = min(self.limits.default_max_tokens, room)
+            default = min(self.config.default_max_tokens, room)
             return params.model_copy(update={"max_tokens": default}), None
         max_tokens = params.max_tokens
-        if max_tokens > self.limits.max_tokens_limit:
+        if max_tokens > self.config.max_tokens_limit:
             return params, Failed(
                 status=400,
                 code="invalid_value",
                 param="max_tokens",
                 message=(
                     f"max_tokens is {max_tokens}, above this server's limit of "
-                    f"{self.limits.max_tokens_limit}"
+                    f"{self.config.max_tokens_limit}"
                 ),
             )
         if max_tokens > room:
@@ -177,7 +244,7 @@ class LLMEngine:
                 code="context_length_exceeded",
                 param="max_tokens",
                 message=(
-                    f"This model's maximum context length is {self.context_length} tokens. "
+                    f"This model's maximum context length is {limit} tokens. "
                     f"However, you requested {prompt_tokens + max_tokens} tokens "
                     f"({prompt_tokens} in the prompt, {max_tokens} in the completion)."
                 ),
@@ -188,59 +255,142 @@ class LLMEngine:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            with self._lock:
+                while not self._closed and not self._waiting and not self._running:
+                    self._lock.wait()
+                if self._closed:
+                    return
+            try:
+                self._step()
+            except Exception as exc:  # a failed step fails its sequences, not the engine
+                logger.exception("generation step failed")
+                for seq in self._running:
+                    self._finish(seq, Failed(status=500, code="internal_error", message=str(exc)))
+                self._running = []
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        for seq in self._running:
+            if seq.job.cancelled:
+                self._finish(seq, None)
+        self._running = [seq for seq in self._running if not seq.done]
+        self._expire_waiting(now)
+        self._admit()
+        if self._running:
+            self.metrics.step(batch=len(self._running))
+            logits = self.runner.forward(
+                [seq.kv for seq in self._running], [[seq.last_token] for seq in self._running]
+            )
+            for seq, row in zip(self._running, logits, strict=True):
+                self._accept(seq, row)
+            self._running = [seq for seq in self._running if not seq.done]
+        with self._lock:
+            waiting = len(self._waiting)
+        self.metrics.occupancy(running=len(self._running), waiting=waiting)
+
+    def _expire_waiting(self, now: float) -> None:
+        limit = self.config.max_queue_seconds
+        with self._lock:
+            expired = [j for j in self._waiting if j.cancelled or now - j.submitted > limit]
+            for job in expired:
+                self._waiting.remove(job)
+        for job in expired:
+            if not job.cancelled:
+                job.emit(
+                    Failed(
+                        status=503,
+                        code="queue_timeout",
+                        message=f"the request waited {limit:.0f}s for the model; retry shortly",
+                        retry_after=1.0,
+                    )
+                )
+
+    def _admit(self) -> None:
+        """Prefill waiting prompts, in order, while sequences, memory and the step budget allow."""
+        budget = self.config.max_batch_tokens
+        admitted = 0
+        while len(self._running) < self.config.max_running:
+            with self._lock:
+                job = self._waiting[0] if self._waiting else None
             if job is None:
                 return
-            if job.cancelled:
-                continue
-            try:
-                self._generate(job)
-            except Exception as exc:
-                logger.exception("generation failed")
-                job.emit(Failed(status=500, code="internal_error", message=str(exc)))
+            prompt = len(job.prompt_ids)
+            if admitted and prompt > budget:
+                return  # the next step takes it: one long prompt at least goes every step
+            need = blocks_for(prompt + (job.params.max_tokens or 0), self.config.block_size)
+            if not self.budget.take(need):
+                return  # wait for running sequences to give memory back, in arrival order
+            with self._lock:
+                self._waiting.popleft()
+            now = time.monotonic()
+            self.metrics.admitted(prompt_tokens=prompt, queued_seconds=now - job.submitted)
+            params = job.params
+            seq = _Sequence(
+                job=job,
+                kv=self.kv_layout.allocate(need * self.config.block_size),
+                reserved_blocks=need,
+                decoder=IncrementalDecoder(self.tokenizer),
+                stopper=StopMatcher(params.stop),
+                generator=make_generator(params.seed),
+                admitted=now,
+            )
+            logits = self.runner.forward([seq.kv], [job.prompt_ids])
+            self._accept(seq, logits[0])
+            if not seq.done:
+                self._running.append(seq)
+            budget -= prompt
+            admitted += 1
 
-    def _generate(self, job: _Job) -> None:
-        import torch
-        from transformers import DynamicCache
-
-        params = job.params
-        generator = make_generator(params.seed)
-        decoder = IncrementalDecoder(self.tokenizer)
-        stopper = StopMatcher(params.stop)
-        cache = DynamicCache(config=self.model.config)
-        produced = 0
-        finish: str = "length"
-        with torch.inference_mode():
-            inputs = torch.tensor([job.prompt_ids], device=self.device)
-            logits = self.model(
-                input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1
-            ).logits
-            while not job.cancelled:
-                banned = self.eos_ids if produced < params.min_tokens else ()
-                token = next_token(logits[0, -1], params, generator, banned=tuple(banned))
-                produced += 1
-                if token in self.eos_ids and not params.ignore_eos:
-                    finish = "stop"
-                    break
-                text = stopper.feed(decoder.push(token))
-                if text:
-                    job.emit(Delta(text=text, completion_tokens=produced))
-                if stopper.stopped:
-                    finish = "stop"
-                    break
-                if produced >= (params.max_tokens or 0):
-                    break
-                step = torch.tensor([[token]], device=self.device)
-                logits = self.model(input_ids=step, past_key_values=cache, use_cache=True).logits
-        if job.cancelled:
+    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        """Choose the sequence's next token from its logits, stream it, and maybe finish."""
+        if seq.job.cancelled:
+            self._finish(seq, None)
             return
-        tail = stopper.feed(decoder.flush()) + stopper.flush()
+        params = seq.job.params
+        banned = tuple(self.eos_ids) if seq.generated < params.min_tokens else ()
+        token = next_token(logits, params, seq.generator, banned=banned)
+        seq.generated += 1
+        seq.last_token = token
+        now = time.monotonic()
+        if seq.first_token_at is None:
+            seq.first_token_at = now
+            self.metrics.first_token(seconds=now - seq.job.submitted)
+        self.metrics.generated(1)
+        if token in self.eos_ids and not params.ignore_eos:
+            self._finish(seq, "stop")
+            return
+        text = seq.stopper.feed(seq.decoder.push(token))
+        if text:
+            seq.job.emit(Delta(text=text, completion_tokens=seq.generated))
+        if seq.stopper.stopped:
+            self._finish(seq, "stop")
+        elif seq.generated >= (params.max_tokens or 0):
+            self._finish(seq, "length")
+
+    def _finish(self, seq: _Sequence, outcome: str | Failed | None) -> None:
+        """End a sequence: ``stop``/``length``, a failure, or None when its caller went away."""
+        if seq.done:
+            return
+        seq.done = True
+        self.budget.give_back(seq.reserved_blocks)
+        if outcome is None:
+            return
+        if isinstance(outcome, Failed):
+            seq.job.emit(outcome)
+            return
+        tail = seq.stopper.feed(seq.decoder.flush()) + seq.stopper.flush()
         if tail:
-            job.emit(Delta(text=tail, completion_tokens=produced))
-        job.emit(
+            seq.job.emit(Delta(text=tail, completion_tokens=seq.generated))
+        end = time.monotonic()
+        first = seq.first_token_at or end
+        self.metrics.finished(
+            seconds=end - seq.job.submitted,
+            per_output_token=(end - first) / (seq.generated - 1) if seq.generated > 1 else None,
+        )
+        seq.job.emit(
             Finished(
-                finish_reason="stop" if finish == "stop" else "length",
-                prompt_tokens=len(job.prompt_ids),
-                completion_tokens=produced,
+                finish_reason="stop" if outcome == "stop" else "length",
+                prompt_tokens=len(seq.job.prompt_ids),
+                completion_tokens=seq.generated,
             )
         )

@@ -1,0 +1,187 @@
+"""KV memory for the running sequences, and the attention that reads it.
+
+Memory is counted in blocks of ``block_size`` tokens from a budget of ``kv_blocks`` blocks set by
+configuration, never by the free memory of the machine, so a server's footprint is known before
+it starts. A sequence reserves the blocks for its prompt and its whole completion when it is
+admitted, so a running generation never runs out of memory half-way.
+
+Each sequence keeps its keys and values in buffers of its own, so attention reads them in place:
+a decode step costs one small attention call per sequence and layer, and no gather of every
+sequence's history into a padded batch (which cost more than the model's matrix products).
+One sequence's attention never depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION = "bentochain_sequences"
+"""Name of the attention implementation the engine loads models with."""
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+class BlockBudget:
+    """How many KV blocks are lent out, of a fixed total."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+    def take(self, count: int) -> bool:
+        if count > self.free:
+            return False
+        self.used += count
+        return True
+
+    def give_back(self, count: int) -> None:
+        self.used -= count
+
+
+@dataclass
+class SequenceKV:
+    """One sequence's keys and values, per layer, each [kv_heads, capacity, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """The shape of a model's KV memory: what one token costs and how a sequence's is made."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: str
+
+    @classmethod
+    def of(cls, config: Any, dtype: torch.dtype, device: str) -> KVLayout:
+        """The layout of a transformers text config (GQA and explicit head_dim included)."""
+        heads = int(config.num_attention_heads)
+        return cls(
+            layers=int(config.num_hidden_layers),
+            kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+            head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads),
+            dtype=dtype,
+            device=device,
+        )
+
+    @property
+    def bytes_per_token(self) -> int:
+        width = torch.empty(0, dtype=self.dtype).element_size()
+        return 2 * self.layers * self.kv_heads * self.head_dim * width
+
+    def allocate(self, capacity: int) -> SequenceKV:
+        shape = (self.kv_heads, capacity, self.head_dim)
+        return SequenceKV(
+            keys=[
+                torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+            ],
+            values=[
+                torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+            ],
+        )
+
+
+class StepKV:
+    """``past_key_values`` for one forward step: which sequence each batch row is.
+
+    Attention layers call ``update`` with the step's new keys and values [rows, heads, new, dim];
+    they are appended to each row's buffers. The attention function below then reads each row's
+    whole history from its buffers.
+    """
+
+    is_compileable = False
+
+    def __init__(self, rows: Sequence[SequenceKV], new: int) -> None:
+        self.rows = rows
+        self.new = new
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.rows[0].length
+        for r, row in enumerate(self.rows):
+            start = row.length
+            row.keys[layer_idx][:, start : start + self.new] = key_states[r]
+            row.values[layer_idx][:, start : start + self.new] = value_states[r]
+        return key_states, value_states
+
+    def advance(self) -> None:
+        """The step's tokens are now part of every row's history."""
+        for row in self.rows:
+            row.length += self.new
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+def sequence_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of each batch row over its own history (a transformers attention function).
+
+    ``query`` is [rows, heads, new, dim]. A prefill brings a whole prompt (causal attention over
+    it); a decode step brings one token per row (attention over all of the row's history).
+    """
+    step: StepKV | None = kwargs.pop("bentochain_step", None)
+    if step is None:  # the model called outside the engine (generate(), a test): plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    layer = module.layer_idx
+    new = query.shape[2]
+    outputs = []
+    for r, row in enumerate(step.rows):
+        end = row.length + new
+        if new > 1 and row.length:
+            raise ValueError("a prompt is prefilled whole, from an empty history")
+        k = row.keys[layer][:, :end].unsqueeze(0)
+        v = row.values[layer][:, :end].unsqueeze(0)
+        outputs.append(
+            F.scaled_dot_product_attention(
+                query[r : r + 1],
+                k,
+                v,
+                is_causal=new > 1,
+                scale=scaling,
+                enable_gqa=query.shape[1] != k.shape[1],
+            )
+        )
+    attended = torch.cat(outputs, dim=0) if len(outputs) > 1 else outputs[0]
+    return attended.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> str:
+    """Make ``sequence_attention`` loadable as ``attn_implementation``; return its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, sequence_attention)
+    return ATTENTION

@@ -1,0 +1,1 @@
+"""Metrics and (later) traces: what the services report about their work."""

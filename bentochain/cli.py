@@ -69,9 +69,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bentochain.serving.topology import ENTRY
 
     command = [
-        sys.executable, "-m", "bentoml", "serve", ENTRY,
-        "--host", args.host, "--port", str(args.port), "--working-dir", str(PROJECT_ROOT),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        ENTRY,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--working-dir",
+        str(PROJECT_ROOT),
+    ]
     os.chdir(PROJECT_ROOT)
     os.execv(sys.executable, command)
 

@@ -31,6 +31,6 @@ class Embedder:
     def encode(self, texts: list[str]) -> list[EncodedText]:
         result = self.encoder.encode(texts)
         return [
-            EncodedText(embedding=vector, tokens=tokens)
+            EncodedText.of(vector, tokens)
             for vector, tokens in zip(result.vectors, result.token_counts, strict=True)
         ]

@@ -33,5 +33,5 @@ class LLM:
     @bentoml.api
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         """Generation events as NDJSON lines (see ``bentochain.engines.llm.types``)."""
-        async for event in self.engine.stream(request):
-            yield encode_event(event)
+        async for batch in self.engine.stream_batches(request):
+            yield "".join(encode_event(event) for event in batch)

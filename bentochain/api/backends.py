@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
+import numpy as np
 from pydantic import BaseModel
 
 from bentochain.api.errors import APIError
@@ -18,10 +19,25 @@ TargetLang = Literal["fr", "es"]
 
 
 class EncodedText(BaseModel):
-    """One text's embedding and how many tokens the model read of it."""
+    """One text's embedding and how many tokens the model read of it.
 
-    embedding: list[float]
+    The vector travels as little-endian float32 bytes (what OpenAI's ``base64`` format carries):
+    between services that pickles as one buffer instead of hundreds of Python floats.
+    """
+
+    vector: bytes
     tokens: int
+
+    @classmethod
+    def of(cls, vector: np.ndarray, tokens: int) -> EncodedText:
+        return cls(vector=np.asarray(vector, dtype="<f4").tobytes(), tokens=tokens)
+
+    def floats(self) -> list[float]:
+        return [float(x) for x in np.frombuffer(self.vector, dtype="<f4")]
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.vector) // 4
 
 
 class Backends(Protocol):

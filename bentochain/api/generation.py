@@ -60,6 +60,20 @@ def completion_generations(request: CompletionRequest) -> list[GenerationRequest
     return [GenerationRequest(prompt=prompt, params=params) for prompt in request.prompts()]
 
 
+def _merged(events: list[Event]) -> list[Event]:
+    """Adjacent deltas that arrived together become one: one SSE event instead of many."""
+    merged: list[Event] = []
+    for event in events:
+        last = merged[-1] if merged else None
+        if isinstance(event, Delta) and isinstance(last, Delta):
+            merged[-1] = Delta(
+                text=last.text + event.text, completion_tokens=event.completion_tokens
+            )
+        else:
+            merged.append(event)
+    return merged
+
+
 async def _events(chunks: AsyncIterator[str]) -> AsyncGenerator[Event, None]:
     """Reassemble NDJSON lines from chunks of any size.
 
@@ -69,11 +83,10 @@ async def _events(chunks: AsyncIterator[str]) -> AsyncGenerator[Event, None]:
     buffer = ""
     async with aclosing(chunks) as upstream:  # type: ignore[type-var]
         async for chunk in upstream:
-            buffer += chunk
-            while "\n" in buffer:
-                line, buffer = buffer.split("\n", 1)
-                if line.strip():
-                    yield decode_event(line)
+            lines = (buffer + chunk).split("\n")
+            buffer = lines.pop()
+            for event in _merged([decode_event(line) for line in lines if line.strip()]):
+                yield event
     if buffer.strip():
         yield decode_event(buffer)
 

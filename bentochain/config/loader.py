@@ -147,6 +147,14 @@ def _format(path: Path, problems: list[tuple[str, str, str | None]]) -> str:
     return "\n".join(lines)
 
 
+def _key_path(parts: list[str]) -> list[str]:
+    """Profile keys are lower case, except the names inside an ``env`` mapping."""
+    path: list[str] = []
+    for part in parts:
+        path.append(part if path and path[-1] == "env" else part.lower())
+    return path
+
+
 class _EnvSource(PydanticBaseSettingsSource):
     """``BENTOCHAIN_A__B__C=value`` as the nested mapping ``{a: {b: {c: value}}}``."""
 
@@ -163,7 +171,7 @@ class _EnvSource(PydanticBaseSettingsSource):
             upper = name.upper()
             if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
                 continue
-            parts = [p.lower() for p in upper[len(ENV_PREFIX) :].split("__")]
+            parts = _key_path(name[len(ENV_PREFIX) :].split("__"))
             node = result
             for part in parts[:-1]:
                 child = node.setdefault(part, {})

@@ -104,6 +104,9 @@ Workers = Annotated[int | Literal["cpu_count"], BeforeValidator(_workers)]
 
 class ServiceSettings(Section):
     workers: Workers = 1
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment of this service's processes only"
+    )
     resources: Resources = Resources()
     traffic: Traffic = Traffic()
     scaling: Scaling = Scaling()

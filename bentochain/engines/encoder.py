@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: list[list[float]]
+    vectors: np.ndarray  # float32 [texts, dimensions], unit length
     token_counts: list[int]
 
 
@@ -79,6 +81,6 @@ class SentenceEncoder:
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             vectors = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
         return Embeddings(
-            vectors=vectors.cpu().tolist(),
+            vectors=vectors.cpu().numpy(),
             token_counts=[int(n) for n in mask.sum(dim=1).tolist()],
         )

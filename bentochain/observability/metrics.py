@@ -35,33 +35,39 @@ class PrometheusEngineMetrics:
 
         labels = ["model"]
         self._prompt = bentoml.metrics.Counter(
-            name="bentochain_llm_prompt_tokens", documentation="Prompt tokens prefilled.",
+            name="bentochain_llm_prompt_tokens",
+            documentation="Prompt tokens prefilled.",
             labelnames=labels,
-        )  # fmt: skip
+        )
         self._generated = bentoml.metrics.Counter(
-            name="bentochain_llm_generated_tokens", documentation="Tokens generated.",
+            name="bentochain_llm_generated_tokens",
+            documentation="Tokens generated.",
             labelnames=labels,
-        )  # fmt: skip
+        )
         self._ttft = bentoml.metrics.Histogram(
             name="bentochain_llm_time_to_first_token_seconds",
             documentation="Time from a request's arrival to its first generated token.",
-            labelnames=labels, buckets=TTFT_BUCKETS,
-        )  # fmt: skip
+            labelnames=labels,
+            buckets=TTFT_BUCKETS,
+        )
         self._tpot = bentoml.metrics.Histogram(
             name="bentochain_llm_time_per_output_token_seconds",
             documentation="Mean time between a request's tokens after the first.",
-            labelnames=labels, buckets=TPOT_BUCKETS,
-        )  # fmt: skip
+            labelnames=labels,
+            buckets=TPOT_BUCKETS,
+        )
         self._latency = bentoml.metrics.Histogram(
             name="bentochain_llm_request_duration_seconds",
             documentation="Time from a request's arrival to its last token.",
-            labelnames=labels, buckets=LATENCY_BUCKETS,
-        )  # fmt: skip
+            labelnames=labels,
+            buckets=LATENCY_BUCKETS,
+        )
         self._queued = bentoml.metrics.Histogram(
             name="bentochain_llm_queue_wait_seconds",
             documentation="Time a request waited before its prompt was prefilled.",
-            labelnames=labels, buckets=TTFT_BUCKETS,
-        )  # fmt: skip
+            labelnames=labels,
+            buckets=TTFT_BUCKETS,
+        )
         self._running = self._gauge("running_requests", "Sequences decoding.")
         self._waiting = self._gauge("waiting_requests", "Requests waiting to be admitted.")
         self._batch = self._gauge("batch_size", "Sequences in the latest decode step.")

@@ -32,4 +32,6 @@ def service_options(
     resources = settings.resources.model_dump(exclude_none=True)
     if resources:
         options["resources"] = resources
+    if settings.env:
+        options["envs"] = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     return options

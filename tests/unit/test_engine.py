@@ -116,10 +116,14 @@ def test_greedy_is_deterministic_and_seeds_reproduce(engine: LLMEngine) -> None:
 
 def test_greedy_output_is_the_same_alone_and_in_a_full_batch(engine: LLMEngine) -> None:
     requests = [
-        prompt(f"request {i}: " + "some words to vary the length " * (i % 7), max_tokens=24,
-               temperature=0, ignore_eos=True)
+        prompt(
+            f"request {i}: " + "some words to vary the length " * (i % 7),
+            max_tokens=24,
+            temperature=0,
+            ignore_eos=True,
+        )
         for i in range(CONFIG.max_running)
-    ]  # fmt: skip
+    ]
     alone = [text_of(run(engine, r)) for r in requests[:6]]
 
     async def together() -> list[list[Event]]:

@@ -48,8 +48,7 @@ class LocalBackends:
     async def embed(self, texts: list[str]) -> list[EncodedText]:
         result = await asyncio.to_thread(self.encoder.encode, texts)
         return [
-            EncodedText(embedding=v, tokens=n)
-            for v, n in zip(result.vectors, result.token_counts, strict=True)
+            EncodedText.of(v, n) for v, n in zip(result.vectors, result.token_counts, strict=True)
         ]
 
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
@@ -224,9 +223,13 @@ def test_completion_stop_sequence(app: FastAPI) -> None:
         text = base.choices[0].text
         stop = text[10:13]
         cut = await client.completions.create(
-            model=CHAT, prompt="Tell", max_tokens=30, temperature=0, stop=[stop],
+            model=CHAT,
+            prompt="Tell",
+            max_tokens=30,
+            temperature=0,
+            stop=[stop],
             extra_body={"ignore_eos": True},
-        )  # fmt: skip
+        )
         return text, stop, cut
 
     text, stop, cut = with_openai(app, work)

@@ -123,9 +123,12 @@ class LLMEngine:
         per_token = self.kv_layout.bytes_per_token
         logger.info(
             "KV memory: %d blocks x %d tokens = %d tokens, at most %.1f MiB (%d bytes a token)",
-            config.kv_blocks, config.block_size, self.kv_capacity_tokens,
-            self.kv_capacity_tokens * per_token / 2**20, per_token,
-        )  # fmt: skip
+            config.kv_blocks,
+            config.block_size,
+            self.kv_capacity_tokens,
+            self.kv_capacity_tokens * per_token / 2**20,
+            per_token,
+        )
         self._lock = threading.Condition()
         self._waiting: deque[_Job] = deque()
         self._running: list[_Sequence] = []
@@ -169,16 +172,29 @@ class LLMEngine:
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[EventOut, None]:
         """Events for one generation: ``started`` or ``error`` first, then deltas, then the end."""
+        async with contextlib.aclosing(self.stream_batches(request)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def stream_batches(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[list[EventOut], None]:
+        """``stream``, with the events that are ready together handed over together.
+
+        When the reader falls behind the engine, its next read takes every event waiting for
+        it: the service then writes them as one chunk instead of one chunk per token.
+        """
         try:
             prompt_ids = self.encode(request)
         except Exception as exc:  # a chat template may reject a conversation
-            yield Failed(
-                status=400, code="invalid_prompt", message=f"cannot build the prompt: {exc}"
-            )
+            yield [
+                Failed(status=400, code="invalid_prompt", message=f"cannot build the prompt: {exc}")
+            ]
             return
         params, problem = self._resolve(request.params, len(prompt_ids))
         if problem is not None:
-            yield problem
+            yield [problem]
             return
         job = _Job(prompt_ids, params, asyncio.get_running_loop())
         with self._lock:
@@ -189,22 +205,26 @@ class LLMEngine:
                 self._waiting.append(job)
                 self._lock.notify()
         if refused:
-            yield Failed(
-                status=429,
-                code="queue_full",
-                message=(
-                    f"the model is busy: {self.config.max_waiting_requests} requests are already "
-                    "waiting; retry shortly"
-                ),
-                retry_after=1.0,
-            )
+            yield [
+                Failed(
+                    status=429,
+                    code="queue_full",
+                    message=(
+                        f"the model is busy: {self.config.max_waiting_requests} requests are "
+                        "already waiting; retry shortly"
+                    ),
+                    retry_after=1.0,
+                )
+            ]
             return
         try:
-            yield Started(prompt_tokens=len(prompt_ids))
+            yield [Started(prompt_tokens=len(prompt_ids))]
             while True:
-                event = await job.events.get()
-                yield event
-                if isinstance(event, Finished | Failed):
+                batch = [await job.events.get()]
+                while not job.events.empty():
+                    batch.append(job.events.get_nowait())
+                yield batch
+                if isinstance(batch[-1], Finished | Failed):
                     return
         finally:
             job.cancelled = True  # the caller stopped listening: the engine drops it next step

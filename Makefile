@@ -7,8 +7,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
+USERS  ?= 32
+DURATION ?= 60s
 
-.PHONY: install prepare serve serve-split test lint typecheck unit integration clean
+.PHONY: install prepare serve serve-split test lint typecheck unit integration bench loadtest clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +45,16 @@ integration: install
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# The serving benchmark: prints its table, writes docs/bench/bench.{json,png} and the
+# generated part of docs/benchmarks.md (about 10 minutes on 2 cores).
+bench: install
+	$(BIN)/python -m loadtest.bench
+
+# Locust, headless, against a Bento it serves for the run (or TARGET=http://host:port):
+# HTML and CSV reports under loadtest/reports/.
+loadtest: install
+	$(BIN)/python -m loadtest.run --users $(USERS) --duration $(DURATION) $(if $(TARGET),--host $(TARGET))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

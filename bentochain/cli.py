@@ -66,12 +66,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The composed Bento: ``bentoml serve``, after checking the profile and the models."""
     _load(args)
+    from bentochain.serving.launch import launch_command
     from bentochain.serving.topology import ENTRY
 
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
+    command = launch_command(
+        f"bento-{args.port}",
         "serve",
         ENTRY,
         "--host",
@@ -80,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         str(args.port),
         "--working-dir",
         str(PROJECT_ROOT),
-    ]
+    )
     os.chdir(PROJECT_ROOT)
     os.execv(sys.executable, command)
 

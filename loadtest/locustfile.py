@@ -1,10 +1,13 @@
 """Locust scenarios for the gateway: a weighted mix of what OpenAI-style clients send.
 
+    make loadtest                      # starts the Bento itself, writes HTML and CSV reports
     locust -f loadtest/locustfile.py --host http://127.0.0.1:3000
 
-Streaming chat users also report time to first token and tokens per second as their own locust
-entries (``TTFT`` and ``tokens/s``: the "response time" column holds the value), so the HTML and CSV
-reports carry them beside the request latencies.
+The chat and embedding models are the first ones the server lists at ``/v1/models`` (or
+``LOADTEST_CHAT_MODEL`` / ``LOADTEST_EMBED_MODEL``). Streaming chat users also report time to
+first token and tokens per second as locust entries of their own (type ``METRIC``; the
+"response time" columns hold the value), so the HTML and CSV reports carry them beside the
+request latencies.
 """
 
 from __future__ import annotations
@@ -15,11 +18,26 @@ import random
 import time
 from typing import Any
 
-from locust import HttpUser, between, task
+import requests
+from locust import HttpUser, between, events, task
 
-CHAT_MODEL = os.environ.get("LOADTEST_CHAT_MODEL", "llama-36m")
-EMBED_MODEL = os.environ.get("LOADTEST_EMBED_MODEL", "all-MiniLM-L6-v2")
 MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
+MODELS = {
+    "chat": os.environ.get("LOADTEST_CHAT_MODEL", ""),
+    "embedding": os.environ.get("LOADTEST_EMBED_MODEL", ""),
+}
+
+
+@events.test_start.add_listener
+def _discover_models(environment: Any, **_: Any) -> None:
+    """Take the served model ids from ``/v1/models`` unless the environment names them."""
+    if all(MODELS.values()):
+        return
+    listed = requests.get(f"{environment.host}/v1/models", timeout=30).json()["data"]
+    for task_name in MODELS:
+        if not MODELS[task_name]:
+            MODELS[task_name] = next(m["id"] for m in listed if m["task"] == task_name)
+
 
 PROMPTS = [
     "Summarise the plot of a film about a robot who learns to paint.",
@@ -54,7 +72,7 @@ class ChatUser(HttpUser):
 
     def _body(self, stream: bool) -> dict[str, Any]:
         return {
-            "model": CHAT_MODEL,
+            "model": MODELS["chat"],
             "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
             "max_tokens": MAX_TOKENS,
             "stream": stream,
@@ -118,7 +136,7 @@ class CompletionUser(HttpUser):
 
     @task
     def completion(self) -> None:
-        body = {"model": CHAT_MODEL, "prompt": random.choice(PROMPTS), "max_tokens": MAX_TOKENS}
+        body = {"model": MODELS["chat"], "prompt": random.choice(PROMPTS), "max_tokens": MAX_TOKENS}
         self.client.post("/v1/completions", json=body, name="completion")
 
 
@@ -130,7 +148,7 @@ class EmbeddingUser(HttpUser):
     def embed(self) -> None:
         texts = random.sample(SENTENCES, k=random.randint(1, len(SENTENCES)))
         self.client.post(
-            "/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, name="embeddings"
+            "/v1/embeddings", json={"model": MODELS["embedding"], "input": texts}, name="embeddings"
         )
 
 

@@ -12,6 +12,7 @@ from bentochain.engines.llm.types import GenerationRequest
 from bentochain.serving.options import service_options
 from bentochain.serving.readiness import dependencies_ready
 from bentochain.serving.startup import profile
+from bentochain.serving.streams import stream_call
 from services.embedder import Embedder
 from services.llm import LLM
 from services.translator import TranslatorES, TranslatorFR
@@ -37,7 +38,9 @@ class Gateway:
         )
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
-        return self.llm.to_async.generate(request=request)  # type: ignore[no-any-return]
+        return stream_call(
+            self.llm, "generate", idle_timeout=SETTINGS.llm.traffic.timeout, request=request
+        )
 
     async def embed(self, texts: list[str]) -> list[EncodedText]:
         return await self.embedder.to_async.encode(texts)  # type: ignore[no-any-return]

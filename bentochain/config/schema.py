@@ -43,8 +43,9 @@ class Traffic(Section):
     timeout: PositiveFloat = Field(
         60.0,
         description=(
-            "seconds a request may take. For a service called through bentoml.depends this is "
-            "also how long its callers wait, streams included: set it for the longest request."
+            "seconds a request may take before its first byte; for a call between services, how "
+            "long the caller waits for it (for the LLM's streams: the longest silence between "
+            "two chunks, however long the stream)"
         ),
     )
     max_concurrency: PositiveInt | None = Field(
@@ -163,9 +164,20 @@ class KVCache(Section):
 
 
 class LLMSettings(ModelServiceSettings):
+    traffic: Traffic = Traffic(timeout=120.0)
     batching: LLMBatching = LLMBatching()
     kv_cache: KVCache = KVCache()
     generation: GenerationSettings = GenerationSettings()
+
+    @model_validator(mode="after")
+    def _callers_wait_out_the_queue(self) -> LLMSettings:
+        queue = self.batching.max_latency_ms / 1000
+        if self.traffic.timeout <= queue:
+            raise ValueError(
+                f"traffic.timeout ({self.traffic.timeout:g}s) must exceed batching.max_latency_ms "
+                f"({queue:g}s): a request may wait that long in the queue before its first token"
+            )
+        return self
 
     @field_validator("model")
     @classmethod

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bentochain.config.loader import PROJECT_ROOT
+from bentochain.serving.launch import launch_command
 
 ENTRY = "services.gateway:Gateway"
 MODEL_SERVICES = ("LLM", "Embedder", "TranslatorFR", "TranslatorES")
@@ -34,10 +34,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def server_command(service: str, host: str, port: int, depends: Mapping[str, str]) -> list[str]:
     """The command one Deployment's container would run for ``service``."""
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml_cli._internal.start",
+    command = launch_command(
+        f"{service}-{port}",
         "start-http-server",
         ENTRY,
         "--working-dir",
@@ -48,7 +46,7 @@ def server_command(service: str, host: str, port: int, depends: Mapping[str, str
         host,
         "--port",
         str(port),
-    ]
+    )
     for name, url in depends.items():
         command += ["--depends", f"{name}={url}"]
     return command

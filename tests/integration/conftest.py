@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -37,6 +37,9 @@ def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "BENTOCHAIN_LLM__MODEL": "demo:llama-tiny",
             "BENTOCHAIN_LLM__GENERATION__MAX_TOKENS_LIMIT": "120000",
             "BENTOCHAIN_LLM__KV_CACHE__BLOCKS": "16384",  # 262k tokens of the tiny model: 128 MiB
+            # Streams outlive the LLM's traffic.timeout: test_long_stream streams for longer.
+            "BENTOCHAIN_LLM__TRAFFIC__TIMEOUT": "30",
+            "BENTOCHAIN_LLM__BATCHING__MAX_LATENCY_MS": "20000",
             "BENTOML_DO_NOT_TRACK": "True",
         }
     )
@@ -54,6 +57,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 class Server:
     url: str
     log: Path
+    services: dict[str, str] = field(default_factory=dict)  # split topology: each server's URL
 
     @property
     def v1(self) -> str:
@@ -94,7 +98,7 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     logs = tmp_path_factory.mktemp("split")
     topology = SplitTopology(port=free_port(), env=served_env, log_dir=logs)
     topology.start(timeout=START_TIMEOUT)
-    yield Server(topology.urls["Gateway"], logs / "Gateway.log")
+    yield Server(topology.urls["Gateway"], logs / "Gateway.log", dict(topology.urls))
     topology.stop()
 
 

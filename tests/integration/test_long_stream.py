@@ -1,9 +1,10 @@
-"""A stream that lasts longer than BentoML's default 60 s timeout arrives whole.
+"""A stream that lasts longer than any timeout on its way arrives whole.
 
-The gateway reads the LLM service through ``bentoml.depends``, whose client gives up on a call,
-a stream included, after the LLM's ``traffic.timeout`` (60 s when a service does not set one).
-The profile sizes that timeout for the longest generation; this test streams for over a minute
-through the composed Bento and checks every token and the closing ``[DONE]`` arrive.
+BentoML's dependency client reads a call, a stream included, under one total timeout: the
+callee's ``traffic.timeout`` (60 s by default), so a long generation used to be cut in mid-stream.
+The gateway reads the LLM's stream with an idle timeout instead (``bentochain.serving.streams``).
+The test servers set the LLM's ``traffic.timeout`` to 30 s; this test streams for over a minute
+through the composed Bento and checks that every token and the closing ``[DONE]`` arrive.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.integration.conftest import Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BENTOML_DEFAULT_TIMEOUT = 60.0
+BENTOML_DEFAULT_TIMEOUT = 60.0  # and the test servers' LLM traffic.timeout is 30 s
 TARGET_SECONDS = 62.0
 CONTEXT_BUDGET = 120_000  # the tiny demo model has 131072 positions
 

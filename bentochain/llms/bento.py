@@ -67,10 +67,7 @@ class BentoChatModel(BaseChatModel):
     def _request(
         self, messages: Sequence[BaseMessage], stop: list[str] | None
     ) -> GenerationRequest:
-        chat = tuple(
-            ChatMessage(role=ROLES.get(m.type, "user"), content=m.text)
-            for m in messages
-        )
+        chat = tuple(ChatMessage(role=ROLES.get(m.type, "user"), content=m.text) for m in messages)
         params = SamplingParams(
             max_tokens=self.max_tokens,
             temperature=self.temperature,

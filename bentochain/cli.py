@@ -42,6 +42,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bentochain.models.refs import ModelRef
     from bentochain.models.store import prepare
     from bentochain.serving.startup import quiet_transformers
+    from bentochain.sql.demo import build_shop
+    from bentochain.sql.source import DEMO, demo_database
 
     settings = _load(args)
     quiet_transformers()
@@ -59,6 +61,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             return 1
         note = " (demo: random weights)" if result.ref.is_demo else ""
         print(f"{result.action:>8}  {ref:<32} {result.tag}{note} [{time.perf_counter() - t0:.2f}s]")
+    if settings.chains.sql.database == DEMO:
+        t0 = time.perf_counter()
+        path = demo_database(settings.chains)
+        action = "built" if build_shop(path) else "present"
+        print(f"{action:>8}  {DEMO:<32} {path} [{time.perf_counter() - t0:.2f}s]")
     print(f"models ready in {time.perf_counter() - started:.2f}s")
     return 0
 

@@ -41,6 +41,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "BENTOCHAIN_LLM__TRAFFIC__TIMEOUT": "30",
             "BENTOCHAIN_LLM__BATCHING__MAX_LATENCY_MS": "20000",
             "BENTOML_DO_NOT_TRACK": "True",
+            "BENTOCHAIN_CHAINS__STATE_DIR": str(home / "state"),  # not the checkout's var/
         }
     )
     subprocess.run(

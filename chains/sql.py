@@ -23,7 +23,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BaseModel, Field
 
-from bentochain.sql.database import QueryFailed, QueryResult, ReadOnlyDatabase
+from bentochain.sql.database import QueryFailed, QueryResult, ReadOnlyDatabase, Schema
 from bentochain.sql.validation import UnsafeQuery, validate
 
 NO_QUERY = "I could not produce a valid query for this question."
@@ -86,11 +86,11 @@ def build_sql_chain(
     """The SQL pipeline over ``db``; input ``{"question": ...}`` (or a ``SQLQuestion``)."""
     text = llm | StrOutputParser()
 
-    def read_schema(_: Any) -> str:
-        return db.schema().describe()
+    def read_schema(_: Any) -> Schema:
+        return db.schema()
 
-    def check_and_run(sql: str) -> QueryResult:
-        query = validate(sql, tables=db.schema().names, dialect=db.dialect)
+    def check_and_run(attempt: dict[str, Any]) -> QueryResult:
+        query = validate(attempt["sql"], tables=attempt["tables"], dialect=db.dialect)
         return db.run(query)
 
     schema_step = RunnableLambda(read_schema, name="schema")
@@ -100,9 +100,10 @@ def build_sql_chain(
 
     async def pipeline(raw: Any, config: RunnableConfig) -> SQLAnswer:
         question = SQLQuestion.model_validate(raw).question
+        # One read of the schema per request: the prompt and every validation see the same one.
         schema = await schema_step.ainvoke(question, config)
         messages: list[BaseMessage] = [
-            SystemMessage(SYSTEM.format(dialect=db.dialect, schema=schema)),
+            SystemMessage(SYSTEM.format(dialect=db.dialect, schema=schema.describe())),
             HumanMessage(question),
         ]
         attempts: list[Attempt] = []
@@ -111,7 +112,7 @@ def build_sql_chain(
             try:
                 if not sql:
                     raise UnsafeQuery("the reply held no SQL")
-                result = await run_step.ainvoke(sql, config)
+                result = await run_step.ainvoke({"sql": sql, "tables": schema.names}, config)
             except (UnsafeQuery, QueryFailed) as exc:
                 attempts.append(Attempt(sql=sql, error=str(exc)))
                 await adispatch_custom_event("attempt", attempts[-1].model_dump(), config=config)

@@ -19,31 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bentochain.config.loader import PROJECT_ROOT
-from bentochain.serving.topology import free_port, stop_server, wait_ready
+from bentochain.serving.topology import composed_server
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REPORTS = PROJECT_ROOT / "loadtest" / "reports"
 
 
 @contextlib.contextmanager
-def composed_server(log: Path) -> Iterator[str]:
+def prepared_server(log: Path) -> Iterator[str]:
     """``bentochain prepare`` then ``bentochain serve`` on a free port; its URL."""
     subprocess.run([sys.executable, "-m", "bentochain.cli", "prepare"], check=True, timeout=900)
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentochain.cli", "serve", "--port", str(port)],
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, time.monotonic() + 600, process)
+    with composed_server(log, timeout=600) as url:
         yield url
-    finally:
-        stop_server(process)
 
 
 def run_locust(host: str, users: int, spawn_rate: float, duration: str, out: Path) -> int:
@@ -75,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run_locust(args.host, args.users, args.spawn_rate, args.duration, out)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        with composed_server(out / "server.log") as host:
+        with prepared_server(out / "server.log") as host:
             code = run_locust(host, args.users, args.spawn_rate, args.duration, out)
     print(f"reports: {out / 'locust.html'} and {out}/locust_*.csv")
     return code

@@ -38,7 +38,20 @@ class LLMServiceError(RuntimeError):
         self.status = status
 
 
-class BentoChatModel(BaseChatModel):
+class AsyncChatModel(BaseChatModel):
+    """A chat model that works on an event loop; sync ``invoke`` runs it on a loop of its own."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return asyncio.run(self._agenerate(messages, stop, None, **kwargs))
+
+
+class BentoChatModel(AsyncChatModel):
     """Chat with the ``LLM`` service through its ``generate`` stream (a ``bentoml.depends``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -129,12 +142,3 @@ class BentoChatModel(BaseChatModel):
             response_metadata=last.response_metadata if last else {},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return asyncio.run(self._agenerate(messages, stop, None, **kwargs))

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
+
+from bentochain.llms.bento import AsyncChatModel
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,28 @@ def retryable(exc: BaseException) -> bool:
     return status is None or status >= 500 or status in RETRYABLE_STATUS
 
 
-class ResilientChatModel(BaseChatModel):
+class _Failures:
+    """What went wrong so far in one call, and which routes are not worth another try."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.skipped: set[str] = set()
+
+    def add(self, route: Route, exc: BaseException, timeout: float) -> None:
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {timeout:.3g}s"
+        else:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        logger.warning("LLM provider %s failed: %s", route.name, reason)
+        self.errors.append(f"{route.name}: {reason}")
+        if not retryable(exc):
+            self.skipped.add(route.name)
+
+    def error(self) -> AllProvidersFailed:
+        return AllProvidersFailed(self.errors or ["the deadline passed before any call"])
+
+
+class ResilientChatModel(AsyncChatModel):
     """Try ``routes`` in order, each up to its retries, within ``deadline`` seconds a call."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -78,11 +101,13 @@ class ResilientChatModel(BaseChatModel):
         # The cache key: which models, with which parameters, in which order.
         return {"routes": [{"name": r.name, "llm": r.model._get_llm_string()} for r in self.routes]}
 
-    async def _tries(self) -> AsyncIterator[tuple[Route, float]]:
+    async def _tries(self, failures: _Failures) -> AsyncIterator[tuple[Route, float]]:
         """Each (route, timeout) to try, sleeping between retries; stops at the deadline."""
         end = time.monotonic() + self.deadline
         for route in self.routes:
             for attempt in range(route.retries + 1):
+                if route.name in failures.skipped:
+                    break
                 left = end - time.monotonic()
                 if left <= 0:
                     return
@@ -100,23 +125,15 @@ class ResilientChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        errors: list[str] = []
-        skip: set[str] = set()
-        async for route, timeout in self._tries():
-            if route.name in skip:
-                continue
+        failures = _Failures()
+        async for route, timeout in self._tries(failures):
             try:
-                message = await asyncio.wait_for(
-                    route.model.ainvoke(messages, stop=stop),
-                    timeout,
-                )
+                message = await asyncio.wait_for(route.model.ainvoke(messages, stop=stop), timeout)
             except Exception as exc:  # every failure is a reason to go on
-                errors.append(self._failure(route, exc, timeout))
-                if not retryable(exc):
-                    skip.add(route.name)
+                failures.add(route, exc, timeout)
                 continue
             return ChatResult(generations=[ChatGeneration(message=message)])
-        raise AllProvidersFailed(errors or ["the deadline passed before any call"])
+        raise failures.error()
 
     async def _astream(
         self,
@@ -126,41 +143,18 @@ class ResilientChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """Fall back only until the first chunk: after that, the answer is this provider's."""
-        errors: list[str] = []
-        skip: set[str] = set()
-        async for route, timeout in self._tries():
-            if route.name in skip:
-                continue
+        failures = _Failures()
+        async for route, timeout in self._tries(failures):
             stream = route.model.astream(messages, stop=stop)
             try:
                 first = await asyncio.wait_for(anext(aiter(stream)), timeout)
             except StopAsyncIteration:
                 return
             except Exception as exc:
-                errors.append(self._failure(route, exc, timeout))
-                if not retryable(exc):
-                    skip.add(route.name)
+                failures.add(route, exc, timeout)
                 continue
             yield ChatGenerationChunk(message=first)
             async for chunk in stream:
                 yield ChatGenerationChunk(message=chunk)
             return
-        raise AllProvidersFailed(errors or ["the deadline passed before any call"])
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        return asyncio.run(self._agenerate(messages, stop, None, **kwargs))
-
-    @staticmethod
-    def _failure(route: Route, exc: BaseException, timeout: float) -> str:
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {timeout:.3g}s"
-        else:
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        logger.warning("LLM provider %s failed: %s", route.name, reason)
-        return f"{route.name}: {reason}"
+        raise failures.error()

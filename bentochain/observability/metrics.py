@@ -28,82 +28,93 @@ METRIC_NAMES = (
 
 
 class PrometheusEngineMetrics:
-    """``EngineMetrics`` recorded as Prometheus series for one served model."""
+    """``EngineMetrics`` recorded as Prometheus series for one served model.
+
+    Each series is bound to its ``model`` label once: the engine reports every generated token,
+    so the per-call label lookup would sit on the decode loop's hot path.
+    """
 
     def __init__(self, model: str) -> None:
-        import bentoml
-
-        labels = ["model"]
-        self._prompt = bentoml.metrics.Counter(
-            name="bentochain_llm_prompt_tokens",
-            documentation="Prompt tokens prefilled.",
-            labelnames=labels,
+        self._prompt = _counter(model, "prompt_tokens", "Prompt tokens prefilled.")
+        self._generated = _counter(model, "generated_tokens", "Tokens generated.")
+        self._ttft = _histogram(
+            model,
+            "time_to_first_token_seconds",
+            "Time from a request's arrival to its first generated token.",
+            TTFT_BUCKETS,
         )
-        self._generated = bentoml.metrics.Counter(
-            name="bentochain_llm_generated_tokens",
-            documentation="Tokens generated.",
-            labelnames=labels,
+        self._tpot = _histogram(
+            model,
+            "time_per_output_token_seconds",
+            "Mean time between a request's tokens after the first.",
+            TPOT_BUCKETS,
         )
-        self._ttft = bentoml.metrics.Histogram(
-            name="bentochain_llm_time_to_first_token_seconds",
-            documentation="Time from a request's arrival to its first generated token.",
-            labelnames=labels,
-            buckets=TTFT_BUCKETS,
+        self._latency = _histogram(
+            model,
+            "request_duration_seconds",
+            "Time from a request's arrival to its last token.",
+            LATENCY_BUCKETS,
         )
-        self._tpot = bentoml.metrics.Histogram(
-            name="bentochain_llm_time_per_output_token_seconds",
-            documentation="Mean time between a request's tokens after the first.",
-            labelnames=labels,
-            buckets=TPOT_BUCKETS,
+        self._queued = _histogram(
+            model,
+            "queue_wait_seconds",
+            "Time a request waited before its prompt was prefilled.",
+            TTFT_BUCKETS,
         )
-        self._latency = bentoml.metrics.Histogram(
-            name="bentochain_llm_request_duration_seconds",
-            documentation="Time from a request's arrival to its last token.",
-            labelnames=labels,
-            buckets=LATENCY_BUCKETS,
-        )
-        self._queued = bentoml.metrics.Histogram(
-            name="bentochain_llm_queue_wait_seconds",
-            documentation="Time a request waited before its prompt was prefilled.",
-            labelnames=labels,
-            buckets=TTFT_BUCKETS,
-        )
-        self._running = self._gauge("running_requests", "Sequences decoding.")
-        self._waiting = self._gauge("waiting_requests", "Requests waiting to be admitted.")
-        self._batch = self._gauge("batch_size", "Sequences in the latest decode step.")
-        self._labels = {"model": model}
-
-    @staticmethod
-    def _gauge(name: str, documentation: str) -> Any:
-        import bentoml
-
-        return bentoml.metrics.Gauge(
-            name=f"bentochain_llm_{name}",
-            documentation=documentation,
-            labelnames=["model"],
-            multiprocess_mode="livesum",
-        )
+        self._running = _gauge(model, "running_requests", "Sequences decoding.")
+        self._waiting = _gauge(model, "waiting_requests", "Requests waiting to be admitted.")
+        self._batch = _gauge(model, "batch_size", "Sequences in the latest decode step.")
 
     def admitted(self, *, prompt_tokens: int, queued_seconds: float) -> None:
-        self._prompt.labels(**self._labels).inc(prompt_tokens)
-        self._queued.labels(**self._labels).observe(queued_seconds)
+        self._prompt.inc(prompt_tokens)
+        self._queued.observe(queued_seconds)
 
     def first_token(self, *, seconds: float) -> None:
-        self._ttft.labels(**self._labels).observe(seconds)
+        self._ttft.observe(seconds)
 
     def generated(self, tokens: int) -> None:
-        self._generated.labels(**self._labels).inc(tokens)
+        self._generated.inc(tokens)
 
     def finished(self, *, seconds: float, per_output_token: float | None) -> None:
-        self._latency.labels(**self._labels).observe(seconds)
+        self._latency.observe(seconds)
         if per_output_token is not None:
-            self._tpot.labels(**self._labels).observe(per_output_token)
+            self._tpot.observe(per_output_token)
 
     def step(self, *, batch: int) -> None:
-        self._batch.labels(**self._labels).set(batch)
+        self._batch.set(batch)
 
     def occupancy(self, *, running: int, waiting: int) -> None:
-        self._running.labels(**self._labels).set(running)
-        self._waiting.labels(**self._labels).set(waiting)
+        self._running.set(running)
+        self._waiting.set(waiting)
         if running == 0:
-            self._batch.labels(**self._labels).set(0)
+            self._batch.set(0)
+
+
+def _counter(model: str, name: str, documentation: str) -> Any:
+    import bentoml
+
+    return bentoml.metrics.Counter(
+        name=f"bentochain_llm_{name}", documentation=documentation, labelnames=["model"]
+    ).labels(model=model)
+
+
+def _histogram(model: str, name: str, documentation: str, buckets: tuple[float, ...]) -> Any:
+    import bentoml
+
+    return bentoml.metrics.Histogram(
+        name=f"bentochain_llm_{name}",
+        documentation=documentation,
+        labelnames=["model"],
+        buckets=buckets,
+    ).labels(model=model)
+
+
+def _gauge(model: str, name: str, documentation: str) -> Any:
+    import bentoml
+
+    return bentoml.metrics.Gauge(
+        name=f"bentochain_llm_{name}",
+        documentation=documentation,
+        labelnames=["model"],
+        multiprocess_mode="livesum",
+    ).labels(model=model)

@@ -12,10 +12,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,3 +162,40 @@ class SplitTopology:
             return 0
         finally:
             self.stop()
+
+
+@contextlib.contextmanager
+def composed_server(
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 300.0,
+) -> Iterator[str]:
+    """``bentochain serve`` (the whole Bento) on a free port, logging to ``log``: its URL.
+
+    The server is stopped when the block ends; one that does not get ready within ``timeout``
+    is stopped and reported with the end of its log.
+    """
+    port = free_port(host)
+    command = [sys.executable, "-m", "bentochain.cli", "serve", "--host", host, "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env=None if env is None else dict(env),
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://{host}:{port}"
+    try:
+        try:
+            wait_ready(url, time.monotonic() + timeout, process)
+        except BaseException:
+            raise RuntimeError(
+                f"the composed server did not start:\n{log.read_text()[-4000:]}"
+            ) from None
+        yield url
+    finally:
+        stop_server(process)

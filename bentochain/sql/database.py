@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import hashlib
 import sqlite3
 import threading
 import time
@@ -260,12 +259,6 @@ class ReadOnlyDatabase:
                     )
                 )
         return Schema(version=version, tables=tuple(tables))
-
-    def fingerprint(self) -> str:
-        """Identifies the database in cache keys without exposing its credentials."""
-        return hashlib.sha256(self.url.render_as_string(hide_password=True).encode()).hexdigest()[
-            :16
-        ]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
-from bentochain.serving.topology import SplitTopology, free_port, stop_server, wait_ready
+from bentochain.serving.topology import SplitTopology, composed_server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -70,27 +69,9 @@ def composed(
     served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """``bentochain serve``: the whole Bento under one ``bentoml serve``."""
-    port = free_port()
     log = tmp_path_factory.mktemp("composed") / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bentochain.cli", "serve", "--port", str(port)],
-            env=served_env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, time.monotonic() + START_TIMEOUT, process)
-    except BaseException:
-        stop_server(process)
-        raise RuntimeError(
-            f"the composed server did not start:\n{log.read_text()[-4000:]}"
-        ) from None
-    yield Server(url, log)
-    stop_server(process)
+    with composed_server(log, env=served_env, timeout=START_TIMEOUT) as url:
+        yield Server(url, log)
 
 
 @pytest.fixture(scope="session")

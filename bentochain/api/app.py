@@ -1,4 +1,5 @@
-"""The gateway's HTTP face: OpenAI's ``/v1/*`` plus ``/translate``, as a FastAPI app.
+"""The gateway's HTTP face: OpenAI's ``/v1/*``, ``/translate`` and ``/chains/*``, as a FastAPI
+app.
 
 The app knows the served models from the profile and reaches the model services through a
 ``Backends`` provider, so the same app runs inside the Gateway service (BentoML dependencies)
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from bentochain.api.backends import Backends, EncodedText, upstream_error
+from bentochain.api.chains import chain_router
 from bentochain.api.errors import APIError, install_handlers
 from bentochain.api.generation import (
     chat_generation,
@@ -191,6 +193,8 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
         except Exception as exc:
             raise upstream_error(exc, f"Translator{request.target_lang.upper()}") from exc
         return TranslateResponse(translations=translations, model=model.id)
+
+    app.include_router(chain_router(backends, limits))
 
     known_paths = {getattr(route, "path", None) for route in app.routes}
 

@@ -7,13 +7,16 @@ the engines themselves. Either way the gateway sees this protocol.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel
 
 from bentochain.api.errors import APIError
 from bentochain.engines.llm.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from bentochain.serving.chains import ChainEndpoint
 
 TargetLang = Literal["fr", "es"]
 
@@ -48,6 +51,10 @@ class Backends(Protocol):
     async def embed(self, texts: list[str]) -> list[EncodedText]: ...
 
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]: ...
+
+    def chain(self, name: str) -> ChainEndpoint:
+        """Where chain ``name`` (one of ``chains.catalog.CHAINS``) runs."""
+        ...
 
 
 def upstream_error(exc: Exception, service: str) -> APIError:

@@ -79,7 +79,7 @@ def error_body(
     }
 
 
-def _validation_message(errors: list[Mapping[str, Any]]) -> tuple[str, str | None, str]:
+def validation_message(errors: list[Mapping[str, Any]]) -> tuple[str, str | None, str]:
     """One readable sentence for the first problem, and the parameter it concerns."""
     first = errors[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
@@ -113,7 +113,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param, code = _validation_message(list(exc.errors()))
+        message, param, code = validation_message(list(exc.errors()))
         return APIError(400, message, code=code, param=param).response()
 
     @app.exception_handler(HTTPException)

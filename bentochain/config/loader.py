@@ -30,6 +30,12 @@ class ProfileError(Exception):
     """The profile cannot be used; the message says where and why."""
 
 
+def project_path(value: str) -> Path:
+    """A path from the profile: absolute as given, relative to the project otherwise."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def profile_path(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     chosen = environ.get(CONFIG_ENV)

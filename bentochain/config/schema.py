@@ -280,6 +280,8 @@ class CacheSettings(Section):
 
 
 class ChainServiceSettings(ServiceSettings):
+    # A run makes several LLM calls (the SQL chain: up to max_repairs + 2).
+    traffic: Traffic = Traffic(timeout=300.0)
     llm: ChainLLM = ChainLLM()
 
 

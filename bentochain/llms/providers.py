@@ -39,6 +39,17 @@ def _api_key(p: ProviderSettings, environ: Mapping[str, str], where: str) -> str
     raise ProviderConfigError(f"{where}: environment variable {name} (the API key) is not set")
 
 
+def _label(where: str, i: int) -> str:
+    return where if i == 0 else f"{where}.fallbacks[{i - 1}]"
+
+
+def check_keys(settings: ChainLLM, environ: Mapping[str, str], where: str) -> None:
+    """Fail now, naming the variable, if an external provider's API key is not set."""
+    for i, p in enumerate([settings, *settings.fallbacks]):
+        if p.provider != "self":
+            _api_key(p, environ, _label(where, i))
+
+
 def build_provider(
     p: ProviderSettings,
     *,
@@ -95,9 +106,8 @@ def build_chain_llm(
     providers = [settings, *settings.fallbacks]
     routes = []
     for i, p in enumerate(providers):
-        label = where if i == 0 else f"{where}.fallbacks[{i - 1}]"
         model = build_provider(
-            p, generate=generate, served_model=served_model, environ=env, where=label
+            p, generate=generate, served_model=served_model, environ=env, where=_label(where, i)
         )
         name = f"{i}:{p.provider}:{p.model or served_model}"
         routes.append(Route(name=name, model=model, timeout=p.timeout, retries=p.max_retries))

@@ -118,3 +118,23 @@ def _gauge(model: str, name: str, documentation: str) -> Any:
         labelnames=["model"],
         multiprocess_mode="livesum",
     ).labels(model=model)
+
+
+class CacheMetrics:
+    """Hits and misses of one chain's LLM answer cache (``bentochain_llm_cache_*_total``)."""
+
+    def __init__(self, chain: str) -> None:
+        import bentoml
+
+        def counter(name: str, documentation: str) -> Any:
+            return bentoml.metrics.Counter(
+                name=f"bentochain_llm_cache_{name}_total",
+                documentation=documentation,
+                labelnames=["chain"],
+            ).labels(chain=chain)
+
+        self._hits = counter("hits", "LLM calls of a chain answered from the cache.")
+        self._misses = counter("misses", "LLM calls of a chain the cache could not answer.")
+
+    def lookup(self, hit: bool) -> None:
+        (self._hits if hit else self._misses).inc()

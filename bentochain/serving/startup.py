@@ -8,10 +8,11 @@ not a traceback from deep inside BentoML.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from bentochain.config.loader import ProfileError, get_settings
-from bentochain.config.schema import Settings
+from bentochain.config.schema import ChainLLM, Settings
 from bentochain.models.refs import ModelRef
 from bentochain.models.store import ModelNotPrepared, store_tag
 
@@ -53,3 +54,23 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def chain_llm_settings(llm: ChainLLM, where: str) -> ChainLLM:
+    """A chain's LLM settings; exits naming the variable when a provider's API key is unset."""
+    import os
+
+    from bentochain.llms.providers import ProviderConfigError, check_keys
+
+    try:
+        check_keys(llm, os.environ, where)
+    except ProviderConfigError as exc:
+        _stop(f"bentochain: {exc}")
+    return llm
+
+
+def existing_dir(path: Path, key: str) -> Path:
+    """A folder the profile names; exits naming the key when it does not exist."""
+    if not path.is_dir():
+        _stop(f"bentochain: {key}: folder {path} does not exist")
+    return path

@@ -25,6 +25,7 @@ from bentochain.serving.launch import launch_command
 
 ENTRY = "services.gateway:Gateway"
 MODEL_SERVICES = ("LLM", "Embedder", "TranslatorFR", "TranslatorES")
+CHAIN_SERVICES = {"SQLChain": ("LLM",), "RAGChain": ("LLM", "Embedder")}  # and their models
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,7 +97,7 @@ def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | Non
 
 @dataclass
 class SplitTopology:
-    """The five servers of the split topology, started and stopped together."""
+    """The seven servers of the split topology, started and stopped together."""
 
     host: str = "127.0.0.1"
     port: int = 3000
@@ -132,7 +133,11 @@ class SplitTopology:
                 self._spawn(service, free_port(self.host), {})
             for service in MODEL_SERVICES:
                 wait_ready(self.urls[service], deadline, self.processes[service])
-            depends = {name: self.urls[name] for name in MODEL_SERVICES}
+            for service, needs in CHAIN_SERVICES.items():
+                self._spawn(service, free_port(self.host), {n: self.urls[n] for n in needs})
+            for service in CHAIN_SERVICES:
+                wait_ready(self.urls[service], deadline, self.processes[service])
+            depends = {name: self.urls[name] for name in (*MODEL_SERVICES, *CHAIN_SERVICES)}
             self._spawn("Gateway", self.port, depends)
             wait_ready(self.urls["Gateway"], deadline, self.processes["Gateway"])
         except BaseException:

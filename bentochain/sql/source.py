@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bentochain.config.loader import PROJECT_ROOT
+from bentochain.config.loader import project_path
 from bentochain.config.schema import Chains
 
 DEMO = "demo:shop"
@@ -12,8 +12,7 @@ DEMO = "demo:shop"
 
 def state_dir(chains: Chains) -> Path:
     """Chain state (demo database, vector store, LLM cache); relative paths are the project's."""
-    path = Path(chains.state_dir).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
+    return project_path(chains.state_dir)
 
 
 def demo_database(chains: Chains) -> Path:

@@ -29,6 +29,10 @@ from bentochain.engines.llm.engine import EngineConfig, LLMEngine
 from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.types import GenerationRequest, encode_event
 from bentochain.engines.translator import Translator
+from bentochain.llms.bento import BentoChatModel
+from bentochain.serving.chains import ChainEndpoint, ChainRunner
+from chains.catalog import CHAINS
+from chains.translate import build_translate_chain
 
 CHAT = "llama-tiny"
 EMBED = "all-MiniLM-L6-v2"
@@ -54,6 +58,11 @@ class LocalBackends:
 
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
         return await asyncio.to_thread(self.translators[target_lang].translate, texts)
+
+    def chain(self, name: str) -> ChainEndpoint:
+        """The translate chain over these engines, as the Gateway runs it."""
+        assert name == "translate", name
+        return translate_runner(self)
 
 
 def profile(**overrides: str) -> Settings:
@@ -275,6 +284,17 @@ def test_translate(app: FastAPI) -> None:
         assert len(body["translations"]) == 2
 
 
+def test_translate_chain_composes_the_llm_and_a_translator(app: FastAPI) -> None:
+    question = {"question": "Where is Lyon?", "target_lang": "es"}
+    response = call(app, "POST", "/chains/translate/invoke", json={"input": question})
+    assert response.status_code == 200, response.text
+    output = response.json()["output"]
+    assert output["question"] == "Where is Lyon?" and output["target_lang"] == "es"
+    assert output["english"] and output["answer"]
+    # The translator's output is the Spanish model's, which never equals the LLM's text.
+    assert output["answer"] != output["english"]
+
+
 # -- bad input: a clear 4xx, and the server keeps serving -------------------------------------
 
 GOOD_CHAT = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -480,6 +500,15 @@ class FailingBackends:
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
         raise self.exc
 
+    def chain(self, name: str) -> ChainEndpoint:
+        return translate_runner(self)
+
+
+def translate_runner(backends: Backends) -> ChainRunner:
+    llm = BentoChatModel(generate_fn=backends.generate, model_name=CHAT, max_tokens=8)
+    chain = build_translate_chain(llm, backends.translate)
+    return ChainRunner("translate", chain, CHAINS["translate"].steps)
+
 
 @pytest.mark.parametrize(
     ("exc", "status"),
@@ -503,6 +532,7 @@ def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> 
         ("/v1/chat/completions", GOOD_CHAT),
         ("/v1/embeddings", {"model": EMBED, "input": "x"}),
         ("/translate", {"texts": ["x"], "target_lang": "fr"}),
+        ("/chains/translate/invoke", {"input": {"question": "x", "target_lang": "fr"}}),
     ):
         assert_openai_error(call(app, "POST", path, json=body), status)
 

@@ -1,0 +1,85 @@
+"""Questions answered from a document store, with the sources cited.
+
+question → retrieve the top-k chunks (``retrieve`` step) → prompt with numbered sources →
+LLM (``answer`` step) → the answer and the sources it was given. The store is any LangChain
+``VectorStore``; retrieval is always real even when the LLM is a demo model, so ``sources``
+shows what the answer was built from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.vectorstores import VectorStore
+from pydantic import BaseModel, Field
+
+NO_SOURCES = "There are no documents to answer from."
+
+SYSTEM = """Answer the question from the numbered sources below only. Cite the sources you \
+use like [1]. If they do not hold the answer, say that you do not know.
+
+{sources}"""
+
+
+class RAGQuestion(BaseModel):
+    question: str = Field(min_length=1, max_length=2000, description="a question about the docs")
+
+
+class Source(BaseModel):
+    id: int = Field(description="the number the answer cites it by, [id]")
+    source: str = Field(description="the document's path in the folder")
+    title: str
+    chunk: int = Field(description="the chunk's position in its document")
+    score: float = Field(description="cosine similarity to the question")
+    text: str
+
+
+class RAGAnswer(BaseModel):
+    question: str
+    answer: str
+    sources: list[Source]
+
+
+def _sources(found: list[tuple[Document, float]]) -> list[Source]:
+    return [
+        Source(
+            id=i,
+            source=str(doc.metadata.get("source", "")),
+            title=str(doc.metadata.get("title", "")),
+            chunk=int(doc.metadata.get("chunk", 0)),
+            score=round(score, 4),
+            text=doc.page_content,
+        )
+        for i, (doc, score) in enumerate(found, start=1)
+    ]
+
+
+def build_rag_chain(
+    llm: BaseChatModel, store: VectorStore, *, top_k: int = 4
+) -> Runnable[Any, RAGAnswer]:
+    """The retrieval QA pipeline over ``store``; input ``{"question": ...}``."""
+
+    async def search(question: str) -> list[Source]:
+        return _sources(await store.asimilarity_search_with_score(question, k=top_k))
+
+    retrieve = RunnableLambda(search, name="retrieve")
+    answer_step = (llm | StrOutputParser()).with_config(run_name="answer")
+
+    async def pipeline(raw: Any, config: RunnableConfig) -> RAGAnswer:
+        question = RAGQuestion.model_validate(raw).question
+        sources = await retrieve.ainvoke(question, config)
+        if not sources:
+            return RAGAnswer(question=question, answer=NO_SOURCES, sources=[])
+        context = "\n\n".join(f"[{s.id}] ({s.source}) {s.text}" for s in sources)
+        messages = [SystemMessage(SYSTEM.format(sources=context)), HumanMessage(question)]
+        answer = await answer_step.ainvoke(messages, config)
+        return RAGAnswer(question=question, answer=answer.strip(), sources=sources)
+
+    return RunnableLambda(pipeline, name="rag").with_types(
+        input_type=RAGQuestion, output_type=RAGAnswer
+    )

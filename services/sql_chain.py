@@ -1,0 +1,39 @@
+"""The SQLChain service: natural-language questions answered from a read-only database."""
+
+from __future__ import annotations
+
+import bentoml
+
+from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
+from bentochain.serving.options import service_options
+from bentochain.serving.readiness import dependencies_ready
+from bentochain.serving.startup import chain_llm_settings, profile
+from chains.catalog import CHAINS
+from services.llm import LLM
+
+SETTINGS = profile()
+CHAIN = SETTINGS.chains.sql
+LLM_SETTINGS = chain_llm_settings(CHAIN.llm, "chains.sql.llm")
+
+
+@bentoml.service(**service_options("SQLChain", CHAIN), runner_probe={"enabled": False})
+class SQLChain(ChainService):
+    llm = bentoml.depends(LLM)
+
+    def __init__(self) -> None:
+        from bentochain.sql.database import ReadOnlyDatabase
+        from bentochain.sql.source import database_url
+        from chains.sql import build_sql_chain
+
+        self.db = ReadOnlyDatabase(
+            database_url(SETTINGS.chains),
+            statement_timeout=CHAIN.statement_timeout,
+            max_rows=CHAIN.max_rows,
+            sample_rows=CHAIN.sample_rows,
+        )
+        model = chain_llm(SETTINGS, "sql", LLM_SETTINGS, self.llm)
+        chain = build_sql_chain(model, self.db, max_repairs=CHAIN.max_repairs)
+        self.runner = ChainRunner("sql", chain, CHAINS["sql"].steps)
+
+    async def __is_ready__(self) -> bool:
+        return await dependencies_ready((self.llm,))

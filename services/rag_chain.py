@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
+from bentochain.api.backends import EncodedText
 from bentochain.config.loader import project_path
 from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
 from bentochain.serving.options import service_options
@@ -34,7 +35,7 @@ class RAGChain(ChainService):
         embedder = SETTINGS.embedder
         store = SQLiteVectorStore(
             state_dir(SETTINGS.chains) / "vectors.sqlite",
-            BentoEmbeddings(self.embedder.to_async.encode),
+            BentoEmbeddings(self.encode),
             embedding_id=f"{embedder.model}|{embedder.max_seq_length}",
         )
         self.index = FolderIndex(
@@ -47,6 +48,10 @@ class RAGChain(ChainService):
         self.runner = ChainRunner(
             "rag", chain, CHAINS["rag"].steps, prepare=self.index.ensure_synced
         )
+
+    async def encode(self, texts: list[str]) -> list[EncodedText]:
+        # The client's endpoints exist only once it has connected: looked up per call.
+        return await self.embedder.to_async.encode(texts)  # type: ignore[no-any-return]
 
     async def __is_ready__(self) -> bool:
         return await dependencies_ready((self.llm, self.embedder))

@@ -18,6 +18,8 @@ import pytest
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
 from bentochain.serving.topology import SplitTopology, composed_server, free_port
+from bentochain.sql.demo import SCHEMA, build_shop
+from tests.support.system import postgres_server
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +91,33 @@ def gateway(request: pytest.FixtureRequest) -> Server:
     """Each API test runs against both topologies."""
     server: Server = request.getfixturevalue(request.param)
     return server
+
+
+SHOP_TABLES = ("customers", "products", "orders", "order_items")  # in foreign-key order
+
+
+@pytest.fixture(scope="session")
+def postgres_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL server holding the demo shop (same schema and rows as ``demo:shop``)."""
+    import sqlalchemy as sa
+
+    root = tmp_path_factory.mktemp("postgres")
+    source = root / "shop.sqlite"
+    build_shop(source)
+    with postgres_server() as url:
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        sqlite = sa.create_engine(f"sqlite:///{source}")
+        with engine.begin() as pg, sqlite.connect() as lite:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    pg.exec_driver_sql(statement)
+            for table in SHOP_TABLES:
+                result = lite.exec_driver_sql(f"SELECT * FROM {table}")
+                columns = list(result.keys())
+                rows = [dict(zip(columns, row, strict=True)) for row in result]
+                names = ", ".join(columns)
+                values = ", ".join(f":{c}" for c in columns)
+                pg.execute(sa.text(f"INSERT INTO {table} ({names}) VALUES ({values})"), rows)
+        engine.dispose()
+        sqlite.dispose()
+        yield url

@@ -27,6 +27,7 @@ from bentochain.serving.topology import free_port
 @dataclass
 class Script:
     reply: str = "stand-in answer"
+    replies: list[str] = field(default_factory=list)  # answered first, in order, then `reply`
     fail: int = 0  # the next `fail` calls answer `status`
     status: int = 500
     delay: float = 0.0  # seconds before answering
@@ -49,6 +50,9 @@ def _app(script: Script) -> Starlette:
             )
         return None
 
+    def next_reply() -> str:
+        return script.replies.pop(0) if script.replies else script.reply
+
     async def openai_chat(request: Request) -> JSONResponse:
         failed = await behave(request)
         if failed is not None:
@@ -63,7 +67,7 @@ def _app(script: Script) -> Starlette:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": script.reply},
+                        "message": {"role": "assistant", "content": next_reply()},
                         "finish_reason": "stop",
                     }
                 ],
@@ -82,7 +86,7 @@ def _app(script: Script) -> Starlette:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": script.reply}],
+                "content": [{"type": "text", "text": next_reply()}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
                 "usage": {"input_tokens": 5, "output_tokens": 3},

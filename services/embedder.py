@@ -29,8 +29,4 @@ class Embedder:
         max_latency_ms=SETTINGS.batching.max_latency_ms,
     )
     def encode(self, texts: list[str]) -> list[EncodedText]:
-        result = self.encoder.encode(texts)
-        return [
-            EncodedText.of(vector, tokens)
-            for vector, tokens in zip(result.vectors, result.token_counts, strict=True)
-        ]
+        return EncodedText.batch(self.encoder.encode(texts))

@@ -16,6 +16,7 @@ from bentochain.api.errors import APIError
 from bentochain.engines.llm.types import GenerationRequest
 
 if TYPE_CHECKING:
+    from bentochain.engines.encoder import Embeddings
     from bentochain.serving.chains import ChainEndpoint
 
 TargetLang = Literal["fr", "es"]
@@ -34,6 +35,14 @@ class EncodedText(BaseModel):
     @classmethod
     def of(cls, vector: np.ndarray, tokens: int) -> EncodedText:
         return cls(vector=np.asarray(vector, dtype="<f4").tobytes(), tokens=tokens)
+
+    @classmethod
+    def batch(cls, embeddings: Embeddings) -> list[EncodedText]:
+        """One ``EncodedText`` per text the encoder read."""
+        return [
+            cls.of(vector, tokens)
+            for vector, tokens in zip(embeddings.vectors, embeddings.token_counts, strict=True)
+        ]
 
     def floats(self) -> list[float]:
         return [float(x) for x in np.frombuffer(self.vector, dtype="<f4")]

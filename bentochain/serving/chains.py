@@ -43,12 +43,16 @@ class RunConfig(BaseModel):
         None, ge=1, le=32, description="inputs of one batch run at once (default 4)"
     )
 
+    @property
+    def concurrency(self) -> int:
+        return self.max_concurrency or 4
+
     def runnable(self, run_id: str) -> RunnableConfig:
         config = RunnableConfig(
             run_id=UUID(run_id),
             tags=list(self.tags),
             metadata=dict(self.metadata),
-            max_concurrency=self.max_concurrency or 4,
+            max_concurrency=self.concurrency,
         )
         if self.run_name:
             config["run_name"] = self.run_name
@@ -119,7 +123,7 @@ class ChainRunner:
         self, inputs: Sequence[Mapping[str, Any]], config: RunConfig, run_ids: list[str]
     ) -> list[Any]:
         """Every output in input order; any failure fails the whole batch (with its status)."""
-        limit = asyncio.Semaphore(config.max_concurrency or 4)
+        limit = asyncio.Semaphore(config.concurrency)
 
         async def one(item: Mapping[str, Any], run_id: str) -> Any:
             async with limit:

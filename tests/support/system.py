@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bentochain.serving.topology import free_port
+from bentochain.serving.topology import free_port, stop_server
 
 APT_TIMEOUT = 900
 
@@ -118,12 +118,7 @@ def _postgres_in(root: Path, bin_dir: Path) -> Iterator[str]:
             subprocess.run([*psql, "-c", statement], check=True, capture_output=True)
         yield f"postgresql://app@127.0.0.1:{port}/shop"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 @contextlib.contextmanager
@@ -143,9 +138,4 @@ def redis_server(root: Path) -> Iterator[str]:
         _wait(["redis-cli", "-p", str(port), "ping"], "Redis")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)

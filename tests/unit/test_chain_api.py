@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from bentochain.rag.ingest import FolderIndex, markdown_splitter
 from bentochain.rag.store import SQLiteVectorStore
 from bentochain.serving.chains import ChainEndpoint, ChainRunner
 from bentochain.sql.database import ReadOnlyDatabase
-from bentochain.sql.demo import build_shop
 from chains.catalog import CHAINS
 from chains.rag import build_rag_chain
 from chains.sql import NO_QUERY, build_sql_chain
@@ -41,15 +39,6 @@ class ChainBackends:
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the chain API called the model API {name}")
-
-
-@pytest.fixture
-def shop(tmp_path: Path) -> Iterator[tuple[Path, ReadOnlyDatabase]]:
-    path = tmp_path / "shop.sqlite"
-    build_shop(path)
-    db = ReadOnlyDatabase(f"sqlite:///{path}", statement_timeout=1.0)
-    yield path, db
-    db.dispose()
 
 
 def app_with(**chains: ChainEndpoint) -> FastAPI:

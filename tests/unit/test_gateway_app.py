@@ -52,9 +52,7 @@ class LocalBackends:
 
     async def embed(self, texts: list[str]) -> list[EncodedText]:
         result = await asyncio.to_thread(self.encoder.encode, texts)
-        return [
-            EncodedText.of(v, n) for v, n in zip(result.vectors, result.token_counts, strict=True)
-        ]
+        return EncodedText.batch(result)
 
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
         return await asyncio.to_thread(self.translators[target_lang].translate, texts)

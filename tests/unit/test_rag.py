@@ -32,9 +32,7 @@ class CountingEncoder:
     async def __call__(self, texts: list[str]) -> list[EncodedText]:
         self.texts += len(texts)
         result = await asyncio.to_thread(self.encoder.encode, texts)
-        return [
-            EncodedText.of(v, n) for v, n in zip(result.vectors, result.token_counts, strict=True)
-        ]
+        return EncodedText.batch(result)
 
 
 @pytest.fixture(scope="module")

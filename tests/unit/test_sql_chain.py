@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from bentochain.sql.database import ReadOnlyDatabase
-from bentochain.sql.demo import build_shop
 from chains.sql import NO_QUERY, SQLAnswer, build_sql_chain, extract_sql
-
-
-@pytest.fixture
-def shop(tmp_path: Path) -> Iterator[tuple[Path, ReadOnlyDatabase]]:
-    path = tmp_path / "shop.sqlite"
-    build_shop(path)
-    db = ReadOnlyDatabase(f"sqlite:///{path}", statement_timeout=1.0)
-    yield path, db
-    db.dispose()
 
 
 def ask(chain: Any, question: str) -> SQLAnswer:

@@ -28,7 +28,7 @@ serve: prepare
 	$(BIN)/bentochain serve --host $(HOST) --port $(PORT)
 
 serve-split: prepare
-	$(BIN)/bentochain serve-split --host $(HOST) --port $(PORT)
+	$(BIN)/bentochain serve-split --host $(HOST) --port $(PORT) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 lint: install
 	$(BIN)/ruff check .

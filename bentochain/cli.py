@@ -1,4 +1,5 @@
-"""``bentochain``: check a profile, prepare its models, serve the Bento composed or split."""
+"""``bentochain``: check a profile, prepare its models, serve the Bento composed or split, and
+roll a split topology's services over to a new version."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,13 +17,20 @@ from bentochain.config.schema import Settings
 
 
 def _profile_entries(settings: Settings) -> list[tuple[str, str]]:
-    """(profile key, reference) of every model the profile names."""
-    return [
-        ("llm.model", str(settings.llm.model)),
-        ("embedder.model", str(settings.embedder.model)),
-        ("translators.fr.model", str(settings.translators.fr.model)),
-        ("translators.es.model", str(settings.translators.es.model)),
+    """(profile key, reference) of every model the profile names, canaries included."""
+    entries = [
+        ("llm", settings.llm),
+        ("embedder", settings.embedder),
+        ("translators.fr", settings.translators.fr),
+        ("translators.es", settings.translators.es),
     ]
+    found = [(f"{key}.model", str(entry.model)) for key, entry in entries]
+    found += [
+        (f"{key}.canary.model", str(entry.canary.model))
+        for key, entry in entries
+        if entry.canary is not None
+    ]
+    return found
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -72,8 +81,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The composed Bento: ``bentoml serve``, after checking the profile and the models."""
-    _load(args)
+    settings = _load(args)
+    from bentochain.config.schema import SERVICE_KEYS
     from bentochain.serving.launch import launch_command
+    from bentochain.serving.upstream import UpstreamConfigError, discovery_for
+
+    for service, key in SERVICE_KEYS.items():  # a canary needs replicas of its own
+        entry = settings.entry(service)
+        canary = getattr(entry, "canary", None)
+        if canary is not None:
+            try:
+                discovery_for(key, entry.upstream, canary, "composed")  # type: ignore[attr-defined]
+            except UpstreamConfigError as exc:
+                print(f"bentochain: {exc}", file=sys.stderr)
+                return 2
     from bentochain.serving.topology import ENTRY
 
     command = launch_command(
@@ -92,20 +113,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_split(args: argparse.Namespace) -> int:
-    """Every service in its own server, as one Kubernetes Deployment per service runs them."""
+    """Every service in its own servers, as one Kubernetes Deployment per service runs them."""
     _load(args)
-    from bentochain.serving.topology import SplitTopology
+    from bentochain.serving.topology import SplitTopology, parse_replicas
 
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        print(f"bentochain: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)  # stop the servers, as Ctrl+C does
-    topology = SplitTopology(host=args.host, port=args.port)
+    rollout = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: rollout.set())
+    topology = SplitTopology(host=args.host, port=args.port, replicas=replicas, report=_say)
     try:
         topology.start()
     except KeyboardInterrupt:
         return 130
-    for name, url in topology.urls.items():
-        print(f"{name:>12}  {url}")
-    print(f"gateway ready on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    return topology.wait()
+    for server in topology.status():
+        print(f"{server['service']:>12}  {server['url']}  ({server['version']})")
+    print(
+        f"gateway ready on http://{args.host}:{args.port} (Ctrl+C to stop; "
+        f"`bentochain rollout` or SIGHUP to pid {os.getpid()} rolls the services over)",
+        flush=True,
+    )
+    return topology.wait(rollout)
+
+
+def _say(message: str) -> None:
+    print(f"bentochain: {message}", flush=True)
+
+
+def _control(port: int, command: str, services: list[str] | None = None) -> int:
+    """Send ``command`` to the serve-split on ``port``, print what it says; 0 if it worked."""
+    from bentochain.serving.control import Command, NotRunning, send
+
+    ok = False
+    try:
+        for message in send(os.environ, port, Command(command=command, services=services or [])):
+            event = message.get("event")
+            if event == "progress":
+                print(message["message"], flush=True)
+            elif event == "status":
+                for server in message["servers"]:
+                    print(
+                        f"{server['service']:>12}  {server['url']:<24} {server['version']:<7} "
+                        f"pid {server['pid']:<8} {server['state']}"
+                    )
+            elif event == "done":
+                ok = bool(message.get("ok"))
+                if message.get("message"):
+                    print(f"bentochain: {message['message']}", file=sys.stderr)
+    except NotRunning as exc:
+        print(f"bentochain: {exc}", file=sys.stderr)
+        return 2
+    return 0 if ok else 1
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """Replace the replicas of SERVICE... (all but the Gateway by default), one at a time."""
+    return _control(args.port, "rollout", args.services)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The servers a serve-split runs now."""
+    return _control(args.port, "status")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -124,11 +196,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).set_defaults(func=cmd_prepare)
     for name, func, text in (
         ("serve", cmd_serve, "serve the composed Bento (bentoml serve)"),
-        ("serve-split", cmd_serve_split, "serve each service as its own server"),
+        ("serve-split", cmd_serve_split, "serve each service as its own servers"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=3000)
+        sub.set_defaults(func=func)
+        if name == "serve-split":
+            sub.add_argument(
+                "--replicas",
+                help="servers per service, e.g. LLM=2,Embedder=2 (LLM.canary=N for the canary)",
+            )
+    rollout = commands.add_parser(
+        "rollout",
+        help="replace a serve-split's replicas one at a time, from the profile as it is now",
+    )
+    rollout.add_argument(
+        "services", nargs="*", metavar="SERVICE", help="default: all but the Gateway"
+    )
+    status = commands.add_parser("status", help="the servers a serve-split runs now")
+    for sub, func in ((rollout, cmd_rollout), (status, cmd_status)):
+        sub.add_argument("--port", type=int, default=3000, help="the serve-split's gateway port")
         sub.set_defaults(func=func)
     args = parser.parse_args(argv)
     try:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import bentoml
 
-from bentochain.api.backends import EncodedText
-from bentochain.serving.options import service_options
+from bentochain.engines.encoder import EncodedText
+from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 SETTINGS = profile().embedder
@@ -30,3 +30,6 @@ class Embedder:
     )
     def encode(self, texts: list[str]) -> list[EncodedText]:
         return EncodedText.batch(self.encoder.encode(texts))
+
+
+install_middleware(Embedder, profile())

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 import bentoml
 
 from bentochain.api.app import create_app
-from bentochain.api.backends import EncodedText, TargetLang
+from bentochain.api.backends import TargetLang
+from bentochain.engines.encoder import EncodedText
 from bentochain.engines.llm.types import GenerationRequest
+from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainEndpoint, ChainRunner, RemoteChain, chain_llm
-from bentochain.serving.options import service_options
-from bentochain.serving.readiness import dependencies_ready
-from bentochain.serving.startup import chain_llm_settings, profile
-from bentochain.serving.streams import stream_call
+from bentochain.serving.options import install_middleware, service_options
+from bentochain.serving.shutdown import stop_callers_first
+from bentochain.serving.startup import chain_llm_settings, dependencies, profile
 from chains.catalog import CHAINS
 from services.embedder import Embedder
 from services.llm import LLM
@@ -31,7 +32,9 @@ app = create_app(SETTINGS, backends=bentoml.get_current_service)
     runner_probe={"enabled": False},  # replaced by __is_ready__, see bentochain.serving.readiness
 )
 @bentoml.asgi_app(app, path="/")
-class Gateway:
+class Gateway(Caller):
+    # What `bentoml serve` starts beside the Gateway and `bentoml build` packs; calls go
+    # through the upstream layer (self.calls), which balances over each one's replicas.
     llm = bentoml.depends(LLM)
     embedder = bentoml.depends(Embedder)
     translator_fr = bentoml.depends(TranslatorFR)
@@ -42,39 +45,34 @@ class Gateway:
     def __init__(self) -> None:
         from chains.translate import build_translate_chain
 
+        self.calls = dependencies(
+            SETTINGS, (LLM, Embedder, TranslatorFR, TranslatorES, SQLChain, RAGChain)
+        )
         # The translate chain is two calls to services the gateway already holds: it runs here.
-        model = chain_llm(SETTINGS, "translate", TRANSLATE_LLM, self.llm)
+        model = chain_llm(SETTINGS, "translate", TRANSLATE_LLM, self.calls["LLM"])
         translate = build_translate_chain(model, self.translate)
         chains = SETTINGS.chains
         self.chains: dict[str, ChainEndpoint] = {
-            "sql": RemoteChain(self.sql_chain, idle_timeout=chains.sql.traffic.timeout),
-            "rag": RemoteChain(self.rag_chain, idle_timeout=chains.rag.traffic.timeout),
+            "sql": RemoteChain(self.calls["SQLChain"], idle_timeout=chains.sql.traffic.timeout),
+            "rag": RemoteChain(self.calls["RAGChain"], idle_timeout=chains.rag.traffic.timeout),
             "translate": ChainRunner("translate", translate, CHAINS["translate"].steps),
         }
 
-    async def __is_ready__(self) -> bool:
-        return await dependencies_ready(
-            (
-                self.llm,
-                self.embedder,
-                self.translator_fr,
-                self.translator_es,
-                self.sql_chain,
-                self.rag_chain,
-            )
-        )
-
     def generate(self, request: GenerationRequest) -> AsyncIterator[str]:
-        return stream_call(
-            self.llm, "generate", idle_timeout=SETTINGS.llm.traffic.timeout, request=request
+        return self.calls["LLM"].stream(
+            "generate", idle_timeout=SETTINGS.llm.traffic.timeout, request=request
         )
 
     async def embed(self, texts: list[str]) -> list[EncodedText]:
-        return await self.embedder.to_async.encode(texts)  # type: ignore[no-any-return]
+        return await self.calls["Embedder"].call("encode", texts=texts)  # type: ignore[no-any-return]
 
     async def translate(self, target_lang: TargetLang, texts: list[str]) -> list[str]:
-        translator = self.translator_fr if target_lang == "fr" else self.translator_es
-        return await translator.to_async.translate(texts)  # type: ignore[no-any-return]
+        name = "TranslatorFR" if target_lang == "fr" else "TranslatorES"
+        return await self.calls[name].call("translate", texts=texts)  # type: ignore[no-any-return]
 
     def chain(self, name: str) -> ChainEndpoint:
         return self.chains[name]
+
+
+install_middleware(Gateway, SETTINGS)
+stop_callers_first(Gateway)

@@ -8,7 +8,7 @@ from pathlib import Path
 import bentoml
 
 from bentochain.engines.llm.types import GenerationRequest, encode_event
-from bentochain.serving.options import service_options
+from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 SETTINGS = profile().llm
@@ -35,3 +35,10 @@ class LLM:
         """Generation events as NDJSON lines (see ``bentochain.engines.llm.types``)."""
         async for batch in self.engine.stream_batches(request):
             yield "".join(encode_event(event) for event in batch)
+
+    def current_load(self) -> int:
+        """Running + waiting sequences: what ``/load`` reports to ``least_load`` callers."""
+        return self.engine.load()
+
+
+install_middleware(LLM, profile())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import bentoml
 
-from bentochain.api.backends import EncodedText
 from bentochain.config.loader import project_path
+from bentochain.engines.encoder import EncodedText
+from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
-from bentochain.serving.options import service_options
-from bentochain.serving.readiness import dependencies_ready
-from bentochain.serving.startup import chain_llm_settings, existing_dir, profile
+from bentochain.serving.options import install_middleware, service_options
+from bentochain.serving.startup import chain_llm_settings, dependencies, existing_dir, profile
 from chains.catalog import CHAINS
 from services.embedder import Embedder
 from services.llm import LLM
@@ -21,7 +21,8 @@ DOCUMENTS = existing_dir(project_path(CHAIN.documents), "chains.rag.documents")
 
 
 @bentoml.service(**service_options("RAGChain", CHAIN), runner_probe={"enabled": False})
-class RAGChain(ChainService):
+class RAGChain(ChainService, Caller):
+    # Started and packed by BentoML; called through self.calls.
     llm = bentoml.depends(LLM)
     embedder = bentoml.depends(Embedder)
 
@@ -32,6 +33,7 @@ class RAGChain(ChainService):
         from bentochain.sql.source import state_dir
         from chains.rag import build_rag_chain
 
+        self.calls = dependencies(SETTINGS, (LLM, Embedder))
         embedder = SETTINGS.embedder
         store = SQLiteVectorStore(
             state_dir(SETTINGS.chains) / "vectors.sqlite",
@@ -43,15 +45,14 @@ class RAGChain(ChainService):
             store,
             markdown_splitter(CHAIN.chunk_size, CHAIN.chunk_overlap),
         )
-        model = chain_llm(SETTINGS, "rag", LLM_SETTINGS, self.llm)
+        model = chain_llm(SETTINGS, "rag", LLM_SETTINGS, self.calls["LLM"])
         chain = build_rag_chain(model, store, top_k=CHAIN.top_k)
         self.runner = ChainRunner(
             "rag", chain, CHAINS["rag"].steps, prepare=self.index.ensure_synced
         )
 
     async def encode(self, texts: list[str]) -> list[EncodedText]:
-        # The client's endpoints exist only once it has connected: looked up per call.
-        return await self.embedder.to_async.encode(texts)  # type: ignore[no-any-return]
+        return await self.calls["Embedder"].call("encode", texts=texts)  # type: ignore[no-any-return]
 
-    async def __is_ready__(self) -> bool:
-        return await dependencies_ready((self.llm, self.embedder))
+
+install_middleware(RAGChain, SETTINGS)

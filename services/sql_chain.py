@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bentoml
 
+from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
-from bentochain.serving.options import service_options
-from bentochain.serving.readiness import dependencies_ready
-from bentochain.serving.startup import chain_llm_settings, profile
+from bentochain.serving.options import install_middleware, service_options
+from bentochain.serving.startup import chain_llm_settings, dependencies, profile
 from chains.catalog import CHAINS
 from services.llm import LLM
 
@@ -17,8 +17,8 @@ LLM_SETTINGS = chain_llm_settings(CHAIN.llm, "chains.sql.llm")
 
 
 @bentoml.service(**service_options("SQLChain", CHAIN), runner_probe={"enabled": False})
-class SQLChain(ChainService):
-    llm = bentoml.depends(LLM)
+class SQLChain(ChainService, Caller):
+    llm = bentoml.depends(LLM)  # started and packed by BentoML; called through self.calls
 
     def __init__(self) -> None:
         from bentochain.sql.database import ReadOnlyDatabase
@@ -37,9 +37,10 @@ class SQLChain(ChainService):
             max_rows=CHAIN.max_rows,
             sample_rows=CHAIN.sample_rows,
         )
-        model = chain_llm(SETTINGS, "sql", LLM_SETTINGS, self.llm)
+        self.calls = dependencies(SETTINGS, (LLM,))
+        model = chain_llm(SETTINGS, "sql", LLM_SETTINGS, self.calls["LLM"])
         chain = build_sql_chain(model, self.db, max_repairs=CHAIN.max_repairs)
         self.runner = ChainRunner("sql", chain, CHAINS["sql"].steps)
 
-    async def __is_ready__(self) -> bool:
-        return await dependencies_ready((self.llm,))
+
+install_middleware(SQLChain, SETTINGS)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import bentoml
 
-from bentochain.serving.options import service_options
+from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 
@@ -36,7 +36,7 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
         def translate(self, texts: list[str]) -> list[str]:
             return self.engine.translate(texts)
 
-    return Translator
+    return install_middleware(Translator, profile())
 
 
 TranslatorFR = _translator_service("TranslatorFR", "fr")

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from bentochain.api.backends import Backends, EncodedText, upstream_error
+from bentochain.api.backends import Backends, upstream_error
 from bentochain.api.chains import chain_router
 from bentochain.api.errors import APIError, install_handlers
 from bentochain.api.generation import (
@@ -41,6 +41,7 @@ from bentochain.api.schemas import (
     TranslateResponse,
 )
 from bentochain.config.schema import Limits, Settings
+from bentochain.engines.encoder import EncodedText
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,16 +19,19 @@ from typing import Any, Literal
 from bentochain.api.backends import upstream_error
 from bentochain.api.errors import APIError
 from bentochain.api.schemas import ChatCompletionRequest, CompletionRequest, Usage
+from bentochain.engines.llm.events import (
+    GenerationBroken,
+    GenerationRefused,
+    OpenedGeneration,
+    open_generation,
+)
 from bentochain.engines.llm.types import (
     ChatMessage,
     Delta,
-    Event,
     Failed,
     Finished,
     GenerationRequest,
     SamplingParams,
-    Started,
-    decode_event,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,37 +63,6 @@ def completion_generations(request: CompletionRequest) -> list[GenerationRequest
     return [GenerationRequest(prompt=prompt, params=params) for prompt in request.prompts()]
 
 
-def _merged(events: list[Event]) -> list[Event]:
-    """Adjacent deltas that arrived together become one: one SSE event instead of many."""
-    merged: list[Event] = []
-    for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, Delta) and isinstance(last, Delta):
-            merged[-1] = Delta(
-                text=last.text + event.text, completion_tokens=event.completion_tokens
-            )
-        else:
-            merged.append(event)
-    return merged
-
-
-async def _events(chunks: AsyncIterator[str]) -> AsyncGenerator[Event, None]:
-    """Reassemble NDJSON lines from chunks of any size.
-
-    Closing this generator closes the upstream one, so a client that goes away stops its
-    generation instead of leaving it running.
-    """
-    buffer = ""
-    async with aclosing(chunks) as upstream:  # type: ignore[type-var]
-        async for chunk in upstream:
-            lines = (buffer + chunk).split("\n")
-            buffer = lines.pop()
-            for event in _merged([decode_event(line) for line in lines if line.strip()]):
-                yield event
-    if buffer.strip():
-        yield decode_event(buffer)
-
-
 def _refusal(event: Failed) -> APIError:
     return APIError(
         event.status,
@@ -101,30 +73,18 @@ def _refusal(event: Failed) -> APIError:
     )
 
 
-@dataclass
-class OpenedStream:
-    started: Started
-    events: AsyncGenerator[Event, None]
-
-
 async def open_stream(
     generate: Callable[[GenerationRequest], AsyncIterator[str]], request: GenerationRequest
-) -> OpenedStream:
+) -> OpenedGeneration:
     """Start a generation and wait for the LLM service to accept or refuse it."""
-    events = _events(generate(request))
     try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        raise APIError(502, "The LLM service ended the generation without an answer.") from None
+        return await open_generation(generate(request))
+    except GenerationRefused as exc:
+        raise _refusal(exc.event) from None
+    except GenerationBroken as exc:
+        raise APIError(502, f"{str(exc).capitalize()}.") from None
     except Exception as exc:
-        await events.aclose()
         raise upstream_error(exc, "LLM") from exc
-    if isinstance(first, Started):
-        return OpenedStream(first, events)
-    await events.aclose()
-    if isinstance(first, Failed):
-        raise _refusal(first)
-    raise APIError(502, f"The LLM service answered {first.type!r} before starting.")
 
 
 @dataclass
@@ -135,7 +95,7 @@ class Generated:
     completion_tokens: int
 
 
-async def collect(stream: OpenedStream) -> Generated:
+async def collect(stream: OpenedGeneration) -> Generated:
     """Run a generation to its end (non-streaming responses)."""
     pieces: list[str] = []
     try:
@@ -216,7 +176,7 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 
 async def sse_stream(
-    kind: Kind, model: str, stream: OpenedStream, include_usage: bool
+    kind: Kind, model: str, stream: OpenedGeneration, include_usage: bool
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed chat or text completion, ending with ``data: [DONE]``."""
     response_id, created = _ids(kind)

@@ -7,7 +7,9 @@ back to a default.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -88,6 +90,142 @@ class Connection(Section):
     max_age: PositiveFloat = 86_400.0
 
 
+Strategy = Literal["round_robin", "weighted_round_robin", "least_connections", "least_load"]
+
+
+def _replica_url(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    url = value.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"replica URL {value!r} must look like 'http://host:port'")
+    if parts.path or parts.query or parts.fragment:
+        raise ValueError(f"replica URL {value!r} must be a server's base URL, without a path")
+    return url
+
+
+class ReplicaAddress(Section):
+    """One replica a caller may send to, and its share of the traffic."""
+
+    url: Annotated[str, BeforeValidator(_replica_url)]
+    weight: PositiveInt = Field(1, description="share of requests, for weighted_round_robin")
+
+
+def _replica_list(value: Any) -> Any:
+    """A list in YAML; in an environment variable, comma-separated URLs or a JSON list."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return ()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list: {exc}") from None
+        value = [item for item in text.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        return [{"url": item} if isinstance(item, str) else item for item in value]
+    return value
+
+
+def _unset_if_empty(value: Any) -> Any:
+    # An environment variable set to "" clears a key the file sets (serve-split does that).
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class Discovery(Section):
+    """Where a service's replicas are: a fixed list, a DNS name, or a replica file.
+
+    With none of them, callers use the one address BentoML gives them (the composed Bento's
+    socket, or ``--depends`` / ``BENTOML_SERVE_DEPENDS``).
+    """
+
+    replicas: Annotated[tuple[ReplicaAddress, ...], BeforeValidator(_replica_list)] = Field(
+        (), description="fixed list of replica URLs (with optional weights)"
+    )
+    dns: Annotated[str | None, BeforeValidator(_unset_if_empty)] = Field(
+        None,
+        description=(
+            "a name whose A/AAAA records are the replicas, e.g. a Kubernetes headless Service: "
+            "'llm.ns.svc.cluster.local' or with ':port'"
+        ),
+    )
+    port: PositiveInt = Field(3000, le=65535, description="replicas' port for a 'dns' name")
+    file: Annotated[str | None, BeforeValidator(_unset_if_empty)] = Field(
+        None, description="replica file kept up to date by `bentochain serve-split`"
+    )
+    refresh_seconds: PositiveFloat = Field(
+        5.0, description="how often 'dns' is re-resolved and 'file' re-read"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Discovery:
+        given = [k for k in ("replicas", "dns", "file") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"give one of replicas, dns or file, not {' and '.join(given)}")
+        if self.dns is not None:
+            host, _, port = self.dns.rpartition(":") if ":" in self.dns else (self.dns, "", "")
+            if not host or (port and not port.isdigit()):
+                raise ValueError(f"dns {self.dns!r} must be 'name' or 'name:port'")
+        return self
+
+    @property
+    def discovered(self) -> bool:
+        """Whether this names its replicas (or leaves callers to BentoML's one address)."""
+        return bool(self.replicas or self.dns or self.file)
+
+
+class UpstreamSettings(Discovery):
+    """How callers (the Gateway, the chain services) reach this service: per request, over
+    every replica, skipping the ones that fail or drain."""
+
+    strategy: Strategy = Field(
+        "round_robin",
+        description=(
+            "round_robin, weighted_round_robin (replica weights), least_connections (fewest "
+            "requests in flight from this caller) or least_load (fewest running + waiting "
+            "requests as each replica reports them)"
+        ),
+    )
+    retries: NonNegativeInt = Field(
+        1, le=5, description="times a request that got no byte back is tried on another replica"
+    )
+    backoff_seconds: PositiveFloat = Field(
+        1.0, description="how long a failed replica is skipped; doubles per failure in a row"
+    )
+    max_backoff_seconds: PositiveFloat = 30.0
+    probe_seconds: PositiveFloat = Field(
+        1.0, description="how often a busy caller asks each replica for its load (/load)"
+    )
+    connect_timeout: PositiveFloat = Field(5.0, description="seconds to open a connection")
+
+
+class LLMUpstream(UpstreamSettings):
+    strategy: Strategy = "least_load"  # generations differ wildly in length
+
+
+class ChainUpstream(UpstreamSettings):
+    strategy: Strategy = "least_connections"  # a run holds its replica for many seconds
+
+
+class Canary(Discovery):
+    """A second version of a service that gets ``weight`` percent of its requests."""
+
+    model: ModelRefField
+    weight: float = Field(gt=0, lt=100, description="percent of requests the canary serves")
+
+
+class Shutdown(Section):
+    grace_seconds: PositiveFloat = Field(
+        60.0,
+        description=(
+            "after SIGTERM, how long requests in flight (streams included) may run to their "
+            "end while new ones are refused with 503 'draining'"
+        ),
+    )
+
+
 def _workers(value: Any) -> int | str:
     if value == "cpu_count":
         return "cpu_count"
@@ -120,6 +258,8 @@ class ModelServiceSettings(ServiceSettings):
         None, description="id clients pass as `model`; defaults to the reference's name"
     )
     batching: Batching = Batching()
+    upstream: UpstreamSettings = UpstreamSettings()
+    canary: Canary | None = None
 
     @property
     def served_id(self) -> str:
@@ -165,6 +305,7 @@ class KVCache(Section):
 
 class LLMSettings(ModelServiceSettings):
     traffic: Traffic = Traffic(timeout=120.0)
+    upstream: LLMUpstream = LLMUpstream()
     batching: LLMBatching = LLMBatching()
     kv_cache: KVCache = KVCache()
     generation: GenerationSettings = GenerationSettings()
@@ -184,6 +325,13 @@ class LLMSettings(ModelServiceSettings):
     def _demo_is_causal(cls, ref: ModelRef) -> ModelRef:
         return _check_demo(ref, CausalLMRecipe, "a causal LM")
 
+    @field_validator("canary")
+    @classmethod
+    def _canary_is_causal(cls, canary: Canary | None) -> Canary | None:
+        if canary is not None:
+            _check_demo(canary.model, CausalLMRecipe, "a causal LM")
+        return canary
+
 
 class EmbedderSettings(ModelServiceSettings):
     max_seq_length: PositiveInt | None = Field(
@@ -199,6 +347,16 @@ class EmbedderSettings(ModelServiceSettings):
             )
         return ref
 
+    @field_validator("canary")
+    @classmethod
+    def _no_canary(cls, canary: Canary | None) -> Canary | None:
+        if canary is not None:
+            raise ValueError(
+                "an embedder canary would mix two models' vectors in one vector store; roll "
+                "a new embedder out with `bentochain rollout Embedder` and re-index instead"
+            )
+        return canary
+
 
 class TranslatorSettings(ModelServiceSettings):
     max_new_tokens: PositiveInt = 128
@@ -208,6 +366,13 @@ class TranslatorSettings(ModelServiceSettings):
     @classmethod
     def _demo_is_seq2seq(cls, ref: ModelRef) -> ModelRef:
         return _check_demo(ref, TranslationRecipe, "a translation model")
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_is_seq2seq(cls, canary: Canary | None) -> Canary | None:
+        if canary is not None:
+            _check_demo(canary.model, TranslationRecipe, "a translation model")
+        return canary
 
 
 class Translators(Section):
@@ -282,6 +447,7 @@ class CacheSettings(Section):
 class ChainServiceSettings(ServiceSettings):
     # A run makes several LLM calls (the SQL chain: up to max_repairs + 2).
     traffic: Traffic = Traffic(timeout=300.0)
+    upstream: ChainUpstream = ChainUpstream()
     llm: ChainLLM = ChainLLM()
 
 
@@ -327,6 +493,14 @@ class Settings(BaseSettings):
     translators: Translators
     gateway: GatewaySettings = GatewaySettings()
     chains: Chains = Chains()
+    shutdown: Shutdown = Shutdown()
+
+    def entry(self, service: str) -> ServiceSettings:
+        """The profile entry of a BentoML service (``LLM`` → ``llm``)."""
+        node: Any = self
+        for part in SERVICE_KEYS[service].split("."):
+            node = getattr(node, part)
+        return node  # type: ignore[no-any-return]
 
     @model_validator(mode="after")
     def _unique_model_ids(self) -> Settings:
@@ -345,6 +519,24 @@ class Settings(BaseSettings):
                 )
             seen[entry.served_id] = key
         return self
+
+
+SERVICE_KEYS = {
+    "Gateway": "gateway",
+    "LLM": "llm",
+    "Embedder": "embedder",
+    "TranslatorFR": "translators.fr",
+    "TranslatorES": "translators.es",
+    "SQLChain": "chains.sql",
+    "RAGChain": "chains.rag",
+}
+"""Each BentoML service's entry in the profile."""
+
+
+def env_key(service: str, *keys: str) -> str:
+    """The ``BENTOCHAIN_*`` variable that overrides ``keys`` of ``service``'s entry."""
+    parts = [*SERVICE_KEYS[service].split("."), *keys]
+    return "BENTOCHAIN_" + "__".join(part.upper() for part in parts)
 
 
 def _check_demo(ref: ModelRef, expected: type, what: str) -> ModelRef:

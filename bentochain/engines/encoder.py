@@ -13,12 +13,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # float32 [texts, dimensions], unit length
     token_counts: list[int]
+
+
+class EncodedText(BaseModel):
+    """One text's embedding and how many tokens the model read of it: what the Embedder
+    service answers.
+
+    The vector travels as little-endian float32 bytes (what OpenAI's ``base64`` format carries):
+    between services that pickles as one buffer instead of hundreds of Python floats.
+    """
+
+    vector: bytes
+    tokens: int
+
+    @classmethod
+    def of(cls, vector: np.ndarray, tokens: int) -> EncodedText:
+        return cls(vector=np.asarray(vector, dtype="<f4").tobytes(), tokens=tokens)
+
+    @classmethod
+    def batch(cls, embeddings: Embeddings) -> list[EncodedText]:
+        """One ``EncodedText`` per text the encoder read."""
+        return [
+            cls.of(vector, tokens)
+            for vector, tokens in zip(embeddings.vectors, embeddings.token_counts, strict=True)
+        ]
+
+    def floats(self) -> list[float]:
+        return [float(x) for x in np.frombuffer(self.vector, dtype="<f4")]
+
+    @property
+    def dimensions(self) -> int:
+        return len(self.vector) // 4
 
 
 class SentenceEncoder:

@@ -1,13 +1,16 @@
 """Our LLM service as a LangChain chat model, so a chain does not know which LLM it calls.
 
 It sends a ``GenerationRequest`` through the same stream the gateway uses and reads the same
-NDJSON events back (``bentochain.api.generation``): one protocol, one set of error statuses.
+NDJSON events back (``bentochain.engines.llm.events``): one protocol, one set of error
+statuses. How the stream reaches the service (the upstream layer) is injected as
+``generate_fn``; a failure of that call propagates with its ``status``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -16,8 +19,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from bentochain.api.errors import APIError
-from bentochain.api.generation import open_stream
+from bentochain.engines.llm.events import GenerationBroken, GenerationRefused, open_generation
 from bentochain.engines.llm.types import (
     ChatMessage,
     Delta,
@@ -98,30 +100,33 @@ class BentoChatModel(AsyncChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         try:
-            stream = await open_stream(self.generate_fn, self._request(messages, stop))
-        except APIError as exc:
-            raise LLMServiceError(exc.status, exc.message) from None
+            stream = await open_generation(self.generate_fn(self._request(messages, stop)))
+        except GenerationRefused as exc:
+            raise LLMServiceError(exc.event.status, exc.event.message) from None
+        except GenerationBroken as exc:
+            raise LLMServiceError(502, str(exc)) from None
         prompt_tokens = stream.started.prompt_tokens
-        async for event in stream.events:
-            if isinstance(event, Delta):
-                if run_manager is not None:
-                    await run_manager.on_llm_new_token(event.text)
-                yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
-            elif isinstance(event, Finished):
-                yield ChatGenerationChunk(
-                    message=AIMessageChunk(
-                        content="",
-                        usage_metadata={
-                            "input_tokens": prompt_tokens,
-                            "output_tokens": event.completion_tokens,
-                            "total_tokens": prompt_tokens + event.completion_tokens,
-                        },
-                        response_metadata={"finish_reason": event.finish_reason},
+        async with aclosing(stream.events) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(event.text)
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=event.text))
+                elif isinstance(event, Finished):
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(
+                            content="",
+                            usage_metadata={
+                                "input_tokens": prompt_tokens,
+                                "output_tokens": event.completion_tokens,
+                                "total_tokens": prompt_tokens + event.completion_tokens,
+                            },
+                            response_metadata={"finish_reason": event.finish_reason},
+                        )
                     )
-                )
-                return
-            elif isinstance(event, Failed):
-                raise LLMServiceError(event.status, event.message)
+                    return
+                elif isinstance(event, Failed):
+                    raise LLMServiceError(event.status, event.message)
         raise LLMServiceError(502, "the stream ended before the generation finished")
 
     async def _agenerate(

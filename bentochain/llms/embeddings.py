@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from bentochain.api.backends import EncodedText
+from bentochain.engines.encoder import EncodedText
 
 Encode = Callable[[list[str]], Awaitable[list[EncodedText]]]
 

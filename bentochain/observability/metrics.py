@@ -1,4 +1,5 @@
-"""Prometheus metrics of the LLM engine, exposed on every service's ``/metrics``.
+"""Prometheus metrics of the LLM engine, the chains' cache and calls between services, exposed on
+every service's ``/metrics``.
 
 Created through ``bentoml.metrics`` so they live in BentoML's registry and multiprocess
 directory: the composed Bento's ``/metrics`` shows them next to BentoML's request metrics.
@@ -8,6 +9,7 @@ served model's id as ``model``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -138,3 +140,50 @@ class CacheMetrics:
 
     def lookup(self, hit: bool) -> None:
         (self._hits if hit else self._misses).inc()
+
+
+UPSTREAM_METRIC_NAMES = (
+    "bentochain_upstream_requests_total",
+    "bentochain_upstream_in_flight_requests",
+)
+
+
+@functools.cache
+def _upstream_families() -> tuple[Any, Any]:
+    """One counter and one gauge per process, shared by every dependency it calls (a
+    Prometheus registry holds each name once)."""
+    import bentoml
+
+    requests = bentoml.metrics.Counter(
+        name="bentochain_upstream_requests",
+        documentation=(
+            "Attempts to call a replica of a dependency, by outcome: ok, client_error, "
+            "server_error, draining, connect_error, disconnected, timeout, broken, cancelled, "
+            "error."
+        ),
+        labelnames=["service", "replica", "version", "outcome"],
+    )
+    in_flight = bentoml.metrics.Gauge(
+        name="bentochain_upstream_in_flight_requests",
+        documentation="Requests this caller has in flight on each replica of a dependency.",
+        labelnames=["service", "replica", "version"],
+        multiprocess_mode="livesum",
+    )
+    return requests, in_flight
+
+
+class PrometheusUpstreamMetrics:
+    """``UpstreamMetrics`` for calls to ``service``, labelled per replica (its URL) and
+    version (``stable`` or ``canary``), so the spread over replicas is visible."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._requests, self._in_flight = _upstream_families()
+
+    def attempt(self, replica: str, version: str, outcome: str) -> None:
+        self._requests.labels(
+            service=self.service, replica=replica, version=version, outcome=outcome
+        ).inc()
+
+    def in_flight(self, replica: str, version: str, delta: int) -> None:
+        self._in_flight.labels(service=self.service, replica=replica, version=version).inc(delta)

@@ -3,7 +3,9 @@
 The same ``ChainRunner`` serves a chain inside its BentoML service (SQLChain, RAGChain) and
 inside the gateway (translate), so ``invoke``, ``batch`` and ``stream`` mean the same thing
 wherever a chain runs. ``chain_llm`` builds a chain's model from the profile, with the
-LLM service reached through ``stream_call`` and the profile's answer cache.
+LLM service reached through the upstream layer and the profile's answer cache. A run keeps
+one version of each service it calls (``upstream.routing``): a canary LLM serves all of a SQL
+run's attempts or none.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from bentochain.config.schema import ChainLLM, Settings
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.llms.bento import LLMServiceError
 from bentochain.llms.resilience import AllProvidersFailed, ResilientChatModel
-from bentochain.serving.streams import stream_call
+from bentochain.serving.upstream import Upstream, UpstreamError
+from bentochain.serving.upstream.routing import run_scope
 
 MAX_STEP_CHARS = 20_000  # a step's output in the stream is cut past this
 
@@ -75,7 +78,7 @@ def chain_error(exc: BaseException, chain: str) -> ChainError:
         return ChainError(422, f"Invalid input for chain '{chain}': {exc.errors()[0]['msg']}.")
     if isinstance(exc, AllProvidersFailed):
         return ChainError(502, f"The '{chain}' chain's LLM failed: {exc}")
-    if isinstance(exc, LLMServiceError):
+    if isinstance(exc, LLMServiceError | UpstreamError):
         status = {429: 503, 503: 503, 504: 504}.get(exc.status, 502)
         return ChainError(status, str(exc))
     if isinstance(exc, TimeoutError):
@@ -115,7 +118,9 @@ class ChainRunner:
         try:
             if self.prepare is not None:
                 await self.prepare()
-            return jsonable(await self.runnable.ainvoke(dict(input), config.runnable(run_id)))
+            with run_scope():
+                output = await self.runnable.ainvoke(dict(input), config.runnable(run_id))
+            return jsonable(output)
         except Exception as exc:
             raise chain_error(exc, self.name) from exc
 
@@ -137,7 +142,9 @@ class ChainRunner:
         self, input: Mapping[str, Any], config: RunConfig, run_id: str
     ) -> AsyncIterator[dict[str, Any]]:
         """Events: each named step's end, each custom event (e.g. ``attempt``), then the
-        ``output``; a failure is an ``error`` event with its status, and ends the stream."""
+        ``output``; a failure is an ``error`` event with its status, and ends the stream.
+
+        A stream is one run per request: the request's scope keeps its versions."""
         try:
             if self.prepare is not None:
                 await self.prepare()
@@ -175,14 +182,14 @@ def answer_cache(settings: Settings, chain: str) -> BaseCache | None:
 
 
 def chain_llm(
-    settings: Settings, chain: str, llm: ChainLLM, llm_service: Any
+    settings: Settings, chain: str, llm: ChainLLM, llm_service: Upstream
 ) -> ResilientChatModel:
     """``chain``'s model: the profile's provider and fallbacks; ``self`` is ``llm_service``."""
     from bentochain.llms.providers import build_chain_llm
 
     def generate(request: GenerationRequest) -> AsyncIterator[str]:
-        return stream_call(
-            llm_service, "generate", idle_timeout=settings.llm.traffic.timeout, request=request
+        return llm_service.stream(
+            "generate", idle_timeout=settings.llm.traffic.timeout, request=request
         )
 
     return build_chain_llm(
@@ -209,24 +216,23 @@ class ChainEndpoint(Protocol):
 
 
 class RemoteChain:
-    """A chain service's APIs (a ``bentoml.depends`` proxy) as a ``ChainEndpoint``; its
-    refusals come back as ``ChainError`` with the service's status and message."""
+    """A chain service's APIs (through its ``Upstream``) as a ``ChainEndpoint``; its refusals
+    come back as ``ChainError`` with the service's status and message."""
 
-    def __init__(self, service: Any, *, idle_timeout: float) -> None:
+    def __init__(self, service: Upstream, *, idle_timeout: float) -> None:
         self.service = service
         self.idle_timeout = idle_timeout
 
     @staticmethod
     def _refusal(exc: Exception) -> ChainError | None:
-        status = int(getattr(exc, "error_code", 0) or 0)
-        if isinstance(exc, bentoml.exceptions.BentoMLException) and status >= 400:
-            return ChainError(status, str(exc))
+        if isinstance(exc, UpstreamError) and exc.code == "upstream_status":
+            return ChainError(exc.status, exc.message)
         return None
 
     async def invoke(self, input: Mapping[str, Any], config: RunConfig, run_id: str) -> Any:
         try:
-            return await self.service.to_async.invoke(
-                input=dict(input), config=config, run_id=run_id
+            return await self.service.call(
+                "invoke", input=dict(input), config=config, run_id=run_id
             )
         except Exception as exc:
             raise (self._refusal(exc) or exc) from exc
@@ -236,8 +242,8 @@ class RemoteChain:
     ) -> list[Any]:
         try:
             return list(
-                await self.service.to_async.batch(
-                    inputs=[dict(i) for i in inputs], config=config, run_ids=run_ids
+                await self.service.call(
+                    "batch", inputs=[dict(i) for i in inputs], config=config, run_ids=run_ids
                 )
             )
         except Exception as exc:
@@ -246,8 +252,7 @@ class RemoteChain:
     async def stream(
         self, input: Mapping[str, Any], config: RunConfig, run_id: str
     ) -> AsyncIterator[dict[str, Any]]:
-        chunks = stream_call(
-            self.service,
+        chunks = self.service.stream(
             "stream",
             idle_timeout=self.idle_timeout,
             input=dict(input),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bentochain.config.schema import ServiceSettings
+from bentochain.config.schema import ServiceSettings, Settings
 
 
 def service_options(
@@ -27,7 +27,9 @@ def service_options(
         "workers": settings.workers,
         "traffic": traffic,
         "runner_connection": settings.connection.model_dump(),
-        "logging": {"access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
+        "logging": {
+            "access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics", "/load"]}
+        },
     }
     resources = settings.resources.model_dump(exclude_none=True)
     if resources:
@@ -35,3 +37,14 @@ def service_options(
     if settings.env:
         options["envs"] = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     return options
+
+
+def install_middleware(service: Any, settings: Settings) -> Any:
+    """What every service runs in front of its APIs: drain on SIGTERM and ``/load``, then the
+    request's versions (canary pinning). Returns ``service``."""
+    from bentochain.serving.drain import DrainMiddleware
+    from bentochain.serving.upstream.routing import RoutingMiddleware
+
+    service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.shutdown.grace_seconds)
+    service.add_asgi_middleware(RoutingMiddleware)
+    return service

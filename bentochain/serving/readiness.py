@@ -1,4 +1,4 @@
-"""Readiness of the entry service: every dependency answers its own ``/readyz``.
+"""Readiness of a caller: each dependency has a replica that answers its own ``/readyz``.
 
 BentoML's built-in check lets a connection error to a dependency that is still starting escape
 the handler; its timeout middleware then never answers that probe, and the request (and the
@@ -20,13 +20,13 @@ PROBE_TIMEOUT = 5.0
 
 async def _ready(dependency: Any, seconds: float) -> bool:
     try:
-        return bool(await asyncio.wait_for(dependency.is_ready(int(seconds)), seconds + 1))
+        return bool(await asyncio.wait_for(dependency.ready(seconds), seconds + 1))
     except Exception as exc:
         logger.debug("dependency not ready: %r", exc)
         return False
 
 
 async def dependencies_ready(dependencies: Iterable[Any], seconds: float = PROBE_TIMEOUT) -> bool:
-    """True when every dependency proxy answers ready within ``seconds``."""
+    """True when every dependency (an ``Upstream``) answers ready within ``seconds``."""
     results = await asyncio.gather(*(_ready(d, seconds) for d in dependencies))
     return all(results)

@@ -8,8 +8,9 @@ not a traceback from deep inside BentoML.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bentochain.config.loader import ProfileError, get_settings
 from bentochain.config.schema import ChainLLM, Settings
@@ -18,6 +19,8 @@ from bentochain.models.store import ModelNotPrepared, store_tag
 
 if TYPE_CHECKING:
     import bentoml
+
+    from bentochain.serving.upstream import Upstream
 
 EXIT_BAD_PROFILE = 2
 
@@ -74,3 +77,42 @@ def existing_dir(path: Path, key: str) -> Path:
     if not path.is_dir():
         _stop(f"bentochain: {key}: folder {path} does not exist")
     return path
+
+
+def dependencies(settings: Settings, services: Iterable[Any]) -> dict[str, Upstream]:
+    """How this service calls each of ``services`` (BentoML services it depends on), by name;
+    exits naming the key when the profile leaves a dependency's replicas unknown."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from bentochain.config.loader import project_path
+    from bentochain.config.schema import SERVICE_KEYS
+    from bentochain.observability.metrics import PrometheusUpstreamMetrics
+    from bentochain.serving.upstream import Upstream, UpstreamConfigError, discovery_for
+
+    # The address BentoML would use: the composed Bento's socket, or --depends.
+    addresses: dict[str, str] = BentoMLContainer.remote_runner_mapping.get()
+    upstreams: dict[str, Upstream] = {}
+    for service in services:
+        name = service.name
+        entry = settings.entry(name)
+        upstream = entry.upstream  # type: ignore[attr-defined]
+        try:
+            discovery = discovery_for(
+                SERVICE_KEYS[name],
+                upstream,
+                getattr(entry, "canary", None),
+                addresses.get(name),
+                base=project_path,
+            )
+        except UpstreamConfigError as exc:
+            _stop(f"bentochain: {exc}")
+        upstreams[name] = Upstream(
+            name,
+            service,
+            discovery,
+            upstream,
+            timeout=entry.traffic.timeout * 1.01,  # as BentoML's own client
+            connection=entry.connection,
+            metrics=PrometheusUpstreamMetrics(name),
+        )
+    return upstreams

@@ -1,31 +1,49 @@
-"""Run the Bento as Kubernetes runs it with one Deployment per service: one server each.
+"""Run the Bento as Kubernetes runs it with one Deployment per service: one server per replica.
 
-Each model service gets its own ``start-http-server`` process on its own port; the Gateway is
-pointed at them by URL with ``--depends Name=url``, exactly as a Deployment's environment
-(``BENTOML_SERVE_DEPENDS``) would point it at the other Deployments' Services.
+Each service gets its own ``start-http-server`` processes (``replicas`` of them, each on its own
+port, plus its canary's when the profile has one). Callers find them in a replica file per
+service, which this module rewrites as servers come and go: the local stand-in for a headless
+Service's DNS name. A supervisor thread replaces a replica that dies (as a ReplicaSet would);
+``rollout`` replaces replicas one at a time (start the new one, wait until it is ready, take
+the old one out of the file, drain and stop it), re-reading the profile, which is what a
+Kubernetes rolling update does. ``--depends Name=url`` still names one replica per dependency:
+BentoML wants an address for each, and would otherwise build the dependency in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bentochain.config.loader import PROJECT_ROOT
+from bentochain.config.loader import PROJECT_ROOT, ProfileError, load_settings
+from bentochain.config.schema import ReplicaAddress, Settings, env_key
 from bentochain.serving.launch import launch_command
+from bentochain.serving.upstream.discovery import ReplicaFile, TrackFile
+from bentochain.serving.upstream.replicas import CANARY, STABLE
+
+logger = logging.getLogger(__name__)
 
 ENTRY = "services.gateway:Gateway"
 MODEL_SERVICES = ("LLM", "Embedder", "TranslatorFR", "TranslatorES")
 CHAIN_SERVICES = {"SQLChain": ("LLM",), "RAGChain": ("LLM", "Embedder")}  # and their models
+CALLEES = (*MODEL_SERVICES, *CHAIN_SERVICES)
+CANARY_CAPABLE = ("LLM", "TranslatorFR", "TranslatorES")  # the embedder refuses a canary
+READY_TIMEOUT = 300.0
+STOP_MARGIN = 15.0  # beyond the drain's grace, for the process to exit
+
+Report = Callable[[str], None]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,8 +79,6 @@ def stop_server(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
     does not reach them: a killed arbiter would leave its workers running. They are found by
     parentage instead, before the arbiter dies.
     """
-    import psutil
-
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
     try:
@@ -70,6 +86,13 @@ def stop_server(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
+    kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a server and every process under it."""
+    import psutil
+
     try:
         workers = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -95,26 +118,151 @@ def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | Non
     raise TimeoutError(f"{url} was not ready in time")
 
 
+def parse_replicas(text: str | None) -> dict[tuple[str, str], int]:
+    """``LLM=2,Embedder=2,LLM.canary=1`` as {(service, track): count}."""
+    counts: dict[tuple[str, str], int] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.strip().partition("=")
+        service, _, track = name.partition(".")
+        track = track or STABLE
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--replicas {item!r}: write SERVICE=COUNT with COUNT >= 1")
+        if service not in CALLEES:
+            where = "the Gateway is the one entry point" if service == "Gateway" else "unknown"
+            raise ValueError(
+                f"--replicas {item!r}: {where}; services with replicas: {', '.join(CALLEES)}"
+            )
+        if track not in (STABLE, CANARY) or (track == CANARY and service not in CANARY_CAPABLE):
+            raise ValueError(f"--replicas {item!r}: no such version of {service}")
+        counts[(service, track)] = int(value)
+    return counts
+
+
+def state_home(env: Mapping[str, str]) -> Path:
+    """Where serve-split keeps its replica files and control socket: per BentoML home."""
+    home = env.get("BENTOML_HOME") or os.path.expanduser("~/bentoml")
+    return Path(home) / "bentochain"
+
+
+def split_state_dir(env: Mapping[str, str], port: int) -> Path:
+    return state_home(env) / f"split-{port}"
+
+
+@dataclass(eq=False)
+class ServerProcess:
+    """One replica: a ``start-http-server`` of one service on one port."""
+
+    service: str
+    track: str
+    port: int
+    process: subprocess.Popen[bytes]
+    url: str
+    retiring: bool = False
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "version": self.track,
+            "url": self.url,
+            "pid": self.process.pid,
+            "state": "retiring" if self.retiring else "serving",
+        }
+
+
 @dataclass
 class SplitTopology:
-    """The seven servers of the split topology, started and stopped together."""
+    """Every service's servers, started, supervised, rolled and stopped together."""
 
     host: str = "127.0.0.1"
     port: int = 3000
     env: Mapping[str, str] | None = None
     log_dir: Path | None = None
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    urls: dict[str, str] = field(default_factory=dict)
+    replicas: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    servers: dict[str, list[ServerProcess]] = field(default_factory=dict)
+    report: Report = print
 
-    def _spawn(self, service: str, port: int, depends: Mapping[str, str]) -> None:
-        env = dict(os.environ if self.env is None else self.env)
+    def __post_init__(self) -> None:
+        self._env = dict(os.environ if self.env is None else self.env)
+        self.state_dir = split_state_dir(self._env, self.port)
+        self._lock = threading.RLock()
+        self._rolling = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._control: object | None = None
+        self.exit_code: int | None = None
+        self.settings = self._profile()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """One serving replica's URL per service (the stable one first)."""
+        with self._lock:
+            found: dict[str, str] = {}
+            for service, servers in self.servers.items():
+                live = [s for s in servers if not s.retiring]
+                live.sort(key=lambda s: s.track != STABLE)
+                if live:
+                    found[service] = live[0].url
+            return found
+
+    def status(self) -> list[dict[str, object]]:
+        with self._lock:
+            return [s.summary() for servers in self.servers.values() for s in servers]
+
+    def replica_file(self, service: str) -> Path:
+        return self.state_dir / "replicas" / f"{service}.json"
+
+    def _profile(self) -> Settings:
+        return load_settings(environ=self._env)
+
+    def _canary_weight(self, service: str) -> float | None:
+        canary = getattr(self.settings.entry(service), "canary", None)
+        return None if canary is None else float(canary.weight)
+
+    def _write_replica_file(self, service: str) -> None:
+        """The service's serving replicas, per version, with the profile's canary share."""
+        with self._lock:
+            live = [s for s in self.servers.get(service, []) if not s.retiring]
+            weight = self._canary_weight(service)
+            canaries = tuple(ReplicaAddress(url=s.url) for s in live if s.track == CANARY)
+            stables = tuple(ReplicaAddress(url=s.url) for s in live if s.track == STABLE)
+            share = weight if weight is not None and canaries else 0.0
+            tracks = {STABLE: TrackFile(weight=100.0 - share, replicas=stables)}
+            if share:
+                tracks[CANARY] = TrackFile(weight=share, replicas=canaries)
+            ReplicaFile(service=service, tracks=tracks).write(self.replica_file(service))
+
+    def _caller_env(self) -> dict[str, str]:
+        """Every process's environment: each callee's replicas come from its replica file."""
+        env = dict(self._env)
+        for service in CALLEES:
+            env[env_key(service, "upstream", "file")] = str(self.replica_file(service))
+            env[env_key(service, "upstream", "dns")] = ""
+            env[env_key(service, "upstream", "replicas")] = ""
+        return env
+
+    # -- one replica ---------------------------------------------------------------------
+
+    def _spawn(self, service: str, track: str) -> ServerProcess:
+        env = self._caller_env()
+        if track == CANARY:
+            canary = getattr(self.settings.entry(service), "canary", None)
+            assert canary is not None, f"{service} has no canary in the profile"
+            env[env_key(service, "model")] = str(canary.model)
+        needs = CALLEES if service == "Gateway" else CHAIN_SERVICES.get(service, ())
+        urls = self.urls
+        depends = {name: urls[name] for name in needs}
+        port = self.port if service == "Gateway" else free_port(self.host)
         command = server_command(service, self.host, port, depends)
         # A session of its own: Ctrl+C reaches bentochain only, which stops each server in turn.
         if self.log_dir is None:
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True)
         else:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            with (self.log_dir / f"{service}.log").open("wb") as log:
+            with (self.log_dir / f"{service}-{port}.log").open("wb") as log:
                 process = subprocess.Popen(
                     command,
                     cwd=PROJECT_ROOT,
@@ -123,50 +271,214 @@ class SplitTopology:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-        self.processes[service] = process
-        self.urls[service] = f"http://{self.host}:{port}"
+        server = ServerProcess(service, track, port, process, f"http://{self.host}:{port}")
+        with self._lock:
+            self.servers.setdefault(service, []).append(server)
+        return server
 
-    def start(self, timeout: float = 300.0) -> None:
+    def _start_replica(self, service: str, track: str, deadline: float) -> ServerProcess:
+        """A new replica, ready, and in its service's replica file."""
+        started = time.monotonic()
+        server = self._spawn(service, track)
+        try:
+            wait_ready(server.url, deadline, server.process)
+        except BaseException:
+            self._forget(server)
+            kill_tree(server.process)
+            raise
+        if service != "Gateway":
+            self._write_replica_file(service)
+        self.report(f"{service}: {server.url} ({track}) ready in {time.monotonic() - started:.1f}s")
+        return server
+
+    def _retire(self, server: ServerProcess) -> None:
+        """Out of the replica file first, so callers stop choosing it; then drain and stop."""
+        started = time.monotonic()
+        with self._lock:
+            server.retiring = True
+        if server.service != "Gateway":
+            self._write_replica_file(server.service)
+        stop_server(server.process, self.settings.shutdown.grace_seconds + STOP_MARGIN)
+        self._forget(server)
+        self.report(
+            f"{server.service}: {server.url} ({server.track}) drained and stopped in "
+            f"{time.monotonic() - started:.1f}s"
+        )
+
+    def _forget(self, server: ServerProcess) -> None:
+        with self._lock:
+            servers = self.servers.get(server.service, [])
+            if server in servers:
+                servers.remove(server)
+
+    def _count(self, service: str, track: str) -> int:
+        if track == CANARY and self._canary_weight(service) is None:
+            return 0
+        return self.replicas.get((service, track), 1)
+
+    # -- the whole topology --------------------------------------------------------------
+
+    def start(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         try:
-            for service in MODEL_SERVICES:
-                self._spawn(service, free_port(self.host), {})
-            for service in MODEL_SERVICES:
-                wait_ready(self.urls[service], deadline, self.processes[service])
-            for service, needs in CHAIN_SERVICES.items():
-                self._spawn(service, free_port(self.host), {n: self.urls[n] for n in needs})
-            for service in CHAIN_SERVICES:
-                wait_ready(self.urls[service], deadline, self.processes[service])
-            depends = {name: self.urls[name] for name in (*MODEL_SERVICES, *CHAIN_SERVICES)}
-            self._spawn("Gateway", self.port, depends)
-            wait_ready(self.urls["Gateway"], deadline, self.processes["Gateway"])
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            for stage in (MODEL_SERVICES, tuple(CHAIN_SERVICES)):
+                spawned = [
+                    self._spawn(service, track)
+                    for service in stage
+                    for track in (STABLE, CANARY)
+                    for _ in range(self._count(service, track))
+                ]
+                for server in spawned:
+                    wait_ready(server.url, deadline, server.process)
+                for service in stage:
+                    self._write_replica_file(service)
+            gateway = self._spawn("Gateway", STABLE)
+            wait_ready(gateway.url, deadline, gateway.process)
         except BaseException:
             self.stop()
             raise
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
+        from bentochain.serving.control import ControlServer
 
-    def stop(self, grace: float = 20.0) -> None:
-        """Stop every server: SIGTERM first, and whatever is left after ``grace`` is killed."""
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in self.processes.values():
-            stop_server(process, max(0.1, deadline - time.monotonic()))
-        self.processes.clear()
+        self._control = ControlServer.start(self)
 
-    def wait(self) -> int:
-        """Block until one server exits (or Ctrl+C); then stop the others."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop every server, callers first (each drains), then what they call."""
+        self._stopping.set()
+        control = self._control
+        if control is not None:
+            control.close()  # type: ignore[attr-defined]
+            self._control = None
+        grace = self.settings.shutdown.grace_seconds + STOP_MARGIN if grace is None else grace
+        for stage in (("Gateway",), tuple(CHAIN_SERVICES), MODEL_SERVICES):
+            with self._lock:
+                group = [s for service in stage for s in self.servers.get(service, [])]
+            for server in group:
+                with contextlib.suppress(ProcessLookupError):
+                    server.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for server in group:
+                stop_server(server.process, max(0.1, deadline - time.monotonic()))
+                self._forget(server)
+
+    def _supervise(self) -> None:
+        """Replace a replica that exits on its own; note the Gateway's exit."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                dead = [
+                    s
+                    for servers in self.servers.values()
+                    for s in servers
+                    if not s.retiring and s.process.poll() is not None
+                ]
+            for server in dead:
+                code = server.process.returncode
+                self._forget(server)
+                if server.service == "Gateway":
+                    self.report(f"Gateway exited with code {code}")
+                    self.exit_code = code or 1
+                    return
+                self.report(
+                    f"{server.service}: {server.url} exited with code {code}; starting another"
+                )
+                self._write_replica_file(server.service)
+                threading.Thread(
+                    target=self._replace, args=(server,), name="replace", daemon=True
+                ).start()
+
+    def _replace(self, server: ServerProcess) -> None:
         try:
-            while True:
-                for service, process in self.processes.items():
-                    if process.poll() is not None:
-                        print(f"bentochain: {service} exited with code {process.returncode}")
-                        return process.returncode or 1
-                time.sleep(1.0)
+            self._start_replica(server.service, server.track, time.monotonic() + READY_TIMEOUT)
+        except Exception as exc:
+            if not self._stopping.is_set():
+                self.report(f"{server.service}: the replacement did not start: {exc}")
+
+    def wait(self, rollout_requested: threading.Event | None = None) -> int:
+        """Block until the Gateway exits (or Ctrl+C); SIGHUP's event asks for a rollout."""
+        try:
+            while self.exit_code is None:
+                if rollout_requested is not None and rollout_requested.wait(0.5):
+                    rollout_requested.clear()
+                    threading.Thread(
+                        target=self.rollout, args=(list(CALLEES),), daemon=True
+                    ).start()
+                elif rollout_requested is None:
+                    time.sleep(0.5)
+            return self.exit_code
         except KeyboardInterrupt:
             return 0
         finally:
             self.stop()
+
+    # -- rollout -------------------------------------------------------------------------
+
+    def rollout(self, services: list[str], report: Report | None = None) -> bool:
+        """Replace every replica of ``services``, one at a time, from the profile as it is now.
+
+        Returns True when every old replica is gone; on a failure, what still runs keeps
+        serving and the reason is reported.
+        """
+        say = report or self.report
+        unknown = [s for s in services if s not in CALLEES]
+        if unknown:
+            say(
+                f"cannot roll {', '.join(unknown)}: services with replicas are {', '.join(CALLEES)}"
+            )
+            return False
+        if not self._rolling.acquire(blocking=False):
+            say("a rollout is already running")
+            return False
+        started = time.monotonic()
+        previous = self.report
+        self.report = say
+        try:
+            try:
+                self.settings = self._profile()
+            except ProfileError as exc:
+                say(f"the profile is invalid, nothing was changed:\n{exc}")
+                return False
+            prepared = subprocess.run(
+                [sys.executable, "-m", "bentochain.cli", "prepare"],
+                env=self._env,
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+            )
+            if prepared.returncode != 0:
+                say(f"`bentochain prepare` failed, nothing was changed:\n{prepared.stderr}")
+                return False
+            for service in services:
+                self._roll(service)
+            say(f"rollout of {', '.join(services)} done in {time.monotonic() - started:.1f}s")
+            return True
+        except Exception as exc:
+            say(f"rollout stopped: {exc}")
+            return False
+        finally:
+            self.report = previous
+            self._rolling.release()
+
+    def _roll(self, service: str) -> None:
+        for track in (STABLE, CANARY):
+            with self._lock:
+                old = [
+                    s for s in self.servers.get(service, []) if s.track == track and not s.retiring
+                ]
+            configured = self._count(service, track)
+            if track == STABLE:
+                wanted = max(len(old), 1)
+            elif configured == 0:
+                wanted = 0  # the profile has no canary (any more): its replicas go
+            else:
+                wanted = len(old) or configured  # a canary new to the profile starts
+            for i in range(max(wanted, len(old))):
+                if i < wanted:
+                    self._start_replica(service, track, time.monotonic() + READY_TIMEOUT)
+                if i < len(old):
+                    self._retire(old[i])
+        self._write_replica_file(service)
 
 
 @contextlib.contextmanager
@@ -182,6 +494,19 @@ def composed_server(
     The server is stopped when the block ends; one that does not get ready within ``timeout``
     is stopped and reported with the end of its log.
     """
+    with composed_process(log, env=env, host=host, timeout=timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def composed_process(
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 300.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``composed_server``, with its process (for tests that signal it)."""
     port = free_port(host)
     command = [sys.executable, "-m", "bentochain.cli", "serve", "--host", host, "--port", str(port)]
     with log.open("wb") as out:
@@ -201,6 +526,7 @@ def composed_server(
             raise RuntimeError(
                 f"the composed server did not start:\n{log.read_text()[-4000:]}"
             ) from None
-        yield url
+        yield url, process
     finally:
-        stop_server(process)
+        if process.poll() is None:
+            stop_server(process)

@@ -80,9 +80,10 @@ def composed(
 def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per service, the Gateway pointed at the others by URL (``--depends``)."""
     logs = tmp_path_factory.mktemp("split")
-    topology = SplitTopology(port=free_port(), env=served_env, log_dir=logs)
+    port = free_port()
+    topology = SplitTopology(port=port, env=served_env, log_dir=logs)
     topology.start(timeout=START_TIMEOUT)
-    yield Server(topology.urls["Gateway"], logs / "Gateway.log", dict(topology.urls))
+    yield Server(topology.urls["Gateway"], logs / f"Gateway-{port}.log", dict(topology.urls))
     topology.stop()
 
 

@@ -6,7 +6,6 @@ The server is installed (if missing) and started by the ``postgres_shop`` fixtur
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -52,6 +51,7 @@ HOSTILE = [
     "SELECT pg_sleep(30)",
     "SELECT count(*) FROM order_items a, order_items b, order_items c, order_items d, orders e",
 ]
+RUNAWAY = {HOSTILE[-1]}
 
 
 @pytest.fixture
@@ -106,10 +106,13 @@ def test_hostile_sql_is_refused_or_stopped_and_nothing_changes(
     before = fingerprint(postgres_shop)
     names = pg.schema().names
     for sql in HOSTILE:
-        started = time.monotonic()
-        with pytest.raises((UnsafeQuery, QueryFailed)):
+        with pytest.raises((UnsafeQuery, QueryFailed)) as refused:
             pg.run(validate(sql, tables=names, dialect=pg.dialect))
-        assert time.monotonic() - started < TIMEOUT + 4, sql
+        if sql in RUNAWAY:  # valid reads that never end: PostgreSQL's own timeout stops them
+            assert refused.type is QueryFailed, sql
+            assert f"longer than the {TIMEOUT:g}s statement timeout" in str(refused.value), sql
+        else:
+            assert refused.type is UnsafeQuery, sql
     assert fingerprint(postgres_shop) == before
 
 

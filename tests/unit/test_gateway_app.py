@@ -21,10 +21,10 @@ from fastapi import FastAPI
 from openai.types.chat import ChatCompletionMessageParam
 
 from bentochain.api.app import create_app
-from bentochain.api.backends import Backends, EncodedText, TargetLang
+from bentochain.api.backends import Backends, TargetLang
 from bentochain.config.loader import DEFAULT_PROFILE, load_settings
 from bentochain.config.schema import Settings
-from bentochain.engines.encoder import SentenceEncoder
+from bentochain.engines.encoder import EncodedText, SentenceEncoder
 from bentochain.engines.llm.engine import EngineConfig, LLMEngine
 from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.types import GenerationRequest, encode_event
@@ -512,17 +512,22 @@ def translate_runner(backends: Backends) -> ChainRunner:
     ("exc", "status"),
     [
         ("busy", 503),
-        ("refused", 503),
+        ("unreachable", 503),
+        ("draining", 503),
         ("timeout", 504),
+        ("failed", 502),
     ],
 )
 def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> None:
-    from bentoml.exceptions import ServiceUnavailable
+    """Each way the upstream layer reports a failed call to a model service."""
+    from bentochain.serving.upstream import UpstreamError
 
     errors: dict[str, Exception] = {
-        "busy": ServiceUnavailable("busy"),
-        "refused": ConnectionRefusedError("no"),
-        "timeout": TimeoutError(),
+        "busy": UpstreamError("LLM", 503, "busy", code="upstream_status"),
+        "unreachable": UpstreamError("LLM", 503, "no replica", code="unavailable"),
+        "draining": UpstreamError("LLM", 503, "shutting down", code="draining"),
+        "timeout": UpstreamError("LLM", 504, "too slow", code="timeout"),
+        "failed": UpstreamError("LLM", 502, "connection dropped", code="broken"),
     }
     backends: Backends = FailingBackends(errors[exc])
     app = create_app(profile(), lambda: backends)
@@ -536,7 +541,8 @@ def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> 
 
 
 def test_sse_lines_survive_any_generated_character() -> None:
-    from bentochain.api.generation import OpenedStream, sse_stream
+    from bentochain.api.generation import sse_stream
+    from bentochain.engines.llm.events import OpenedGeneration
     from bentochain.engines.llm.types import Delta, Finished, Started
 
     awkward = "a\u2028b\u0085c\rd\ne\x0cf\x1cg\u2029h"
@@ -546,7 +552,7 @@ def test_sse_lines_survive_any_generated_character() -> None:
         yield Finished(finish_reason="length", prompt_tokens=1, completion_tokens=1)
 
     async def body() -> str:
-        stream = OpenedStream(Started(prompt_tokens=1), events())  # type: ignore[arg-type]
+        stream = OpenedGeneration(Started(prompt_tokens=1), events())  # type: ignore[arg-type]
         return "".join([chunk async for chunk in sse_stream("chat", CHAT, stream, False)])
 
     lines = [line for line in asyncio.run(body()).splitlines() if line]

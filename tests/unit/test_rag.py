@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from bentochain.api.backends import EncodedText
 from bentochain.config.loader import PROJECT_ROOT
-from bentochain.engines.encoder import SentenceEncoder
+from bentochain.engines.encoder import EncodedText, SentenceEncoder
 from bentochain.llms.embeddings import BentoEmbeddings
 from bentochain.rag.ingest import FolderIndex, SyncReport, markdown_splitter
 from bentochain.rag.store import SQLiteVectorStore

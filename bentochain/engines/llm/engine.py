@@ -147,6 +147,11 @@ class LLMEngine:
             ids.add(int(self.tokenizer.eos_token_id))
         return frozenset(ids)
 
+    def load(self) -> int:
+        """Sequences running plus requests waiting: the work this engine holds."""
+        with self._lock:
+            return len(self._running) + len(self._waiting)
+
     @property
     def kv_capacity_tokens(self) -> int:
         return self.config.kv_blocks * self.config.block_size

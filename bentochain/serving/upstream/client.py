@@ -1,0 +1,494 @@
+"""Every call from one service to another: per-request balancing over a dependency's replicas.
+
+BentoML's dependency client keeps keep-alive connections to one URL, and a Kubernetes Service
+balances per connection, so a caller would pin one pod. ``Upstream`` knows each replica (from
+``discovery``), picks one per request (``balancing``), skips those that fail or drain
+(``replicas``), retries a request that got no byte back once on another replica, and reads
+streams with an idle timeout, closing the connection when its reader stops so the callee
+cancels at once. A stream that has started is never replayed.
+
+Requests go through BentoML's own client for each replica (its serialisation, sessions and
+trace headers), using its private ``_build_payload``, ``_session_manager`` and
+``_parse_response``: bentoml is pinned exactly, and the integration tests fail if they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import contextvars
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from bentochain.config.schema import Connection, UpstreamSettings
+from bentochain.serving.upstream import routing
+from bentochain.serving.upstream.balancing import STRATEGIES, Balancer, SmoothWeighted
+from bentochain.serving.upstream.discovery import Discovery, Membership
+from bentochain.serving.upstream.replicas import Replica
+
+logger = logging.getLogger(__name__)
+
+PICKLE = "application/vnd.bentoml+pickle"
+DRAINING_HEADER = "x-bentochain-draining"
+LAST_RESORT_HEADER = "x-bentochain-last-resort"
+LOAD_HEADER = "x-bentochain-load"
+ACTIVE_SECONDS = 30.0  # a caller probes its replicas' load only while it sends them requests
+
+
+class UpstreamError(Exception):
+    """A call to a dependency failed, with the HTTP status its own caller should see.
+
+    ``code`` says why: ``draining`` and ``unavailable`` (no replica could take it, 503),
+    ``timeout`` (504), ``broken`` (the connection dropped mid-answer, 502), or
+    ``upstream_status`` (the replica answered ``status`` itself, with ``message``).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.status = status
+        self.message = message
+        self.code = code
+        self.retry_after = retry_after
+
+
+class UpstreamMetrics(Protocol):
+    def attempt(self, replica: str, version: str, outcome: str) -> None: ...
+
+    def in_flight(self, replica: str, version: str, delta: int) -> None: ...
+
+
+class _NoMetrics:
+    def attempt(self, replica: str, version: str, outcome: str) -> None:
+        pass
+
+    def in_flight(self, replica: str, version: str, delta: int) -> None:
+        pass
+
+
+@dataclass
+class _Opened:
+    replica: Replica
+    response: aiohttp.ClientResponse
+    client: Any
+    endpoint: Any
+
+
+# Failures before any byte of the answer: the request can go to another replica.
+_NO_ANSWER: tuple[tuple[type[BaseException], str], ...] = (
+    (aiohttp.ConnectionTimeoutError, "connect_error"),
+    (aiohttp.ClientConnectorError, "connect_error"),
+    (aiohttp.ServerDisconnectedError, "disconnected"),
+    (aiohttp.ClientOSError, "disconnected"),
+    (aiohttp.ClientPayloadError, "disconnected"),
+    (TimeoutError, "timeout"),
+)
+
+
+def _no_answer(exc: BaseException) -> str | None:
+    for kind, outcome in _NO_ANSWER:
+        if isinstance(exc, kind):
+            return outcome
+    return None
+
+
+def _message(body: str) -> str:
+    """The readable part of an error body (BentoML answers ``{"error": …}`` or a list of one)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:2000]
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        if error is not None:
+            return str(error)
+    return body.strip()[:2000]
+
+
+class Upstream:
+    """One dependency (a BentoML service) as this caller process reaches it."""
+
+    def __init__(
+        self,
+        name: str,
+        service: Any,
+        discovery: Discovery,
+        settings: UpstreamSettings,
+        *,
+        timeout: float,
+        connection: Connection | None = None,
+        media_type: str = PICKLE,
+        metrics: UpstreamMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self.discovery = discovery
+        self.settings = settings
+        self.timeout = timeout
+        self.connection = connection or Connection()
+        self.media_type = media_type
+        self.metrics = metrics or _NoMetrics()
+        self.clock = clock
+        self.tracks: dict[str, list[Replica]] = {}
+        self.weights: dict[str, float] = {}
+        self._balancers: dict[str, Balancer] = {}
+        self._track_choice = SmoothWeighted()
+        self._clients: dict[str, Any] = {}
+        self._retired: dict[str, Replica] = {}
+        self._maintainer: asyncio.Task[None] | None = None
+        self._last_refresh = float("-inf")
+        self._last_used = float("-inf")
+
+    # -- membership ---------------------------------------------------------------------
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return [r for track in self.tracks.values() for r in track]
+
+    async def refresh(self, force: bool = False) -> None:
+        """Ask discovery for the replicas now (it re-reads a file only when it changed)."""
+        self._last_refresh = self.clock()
+        membership = await self.discovery.membership(force)
+        if membership is not None:
+            self._apply(membership)
+
+    def _apply(self, membership: Membership) -> None:
+        known = {r.url: r for r in self.replicas}
+        tracks: dict[str, list[Replica]] = {}
+        for name, track in membership.items():
+            replicas = []
+            for address in track.replicas:
+                replica = known.pop(address.url, None)
+                if replica is None or replica.track != name:
+                    replica = Replica(address.url, name, address.weight)
+                replica.weight = address.weight
+                replicas.append(replica)
+            tracks[name] = replicas
+            self.weights[name] = track.weight
+            self._balancers.setdefault(name, STRATEGIES[self.settings.strategy]())
+        if known:
+            logger.info("%s: replicas gone: %s", self.name, ", ".join(sorted(known)))
+        self._retired.update(known)  # closed once nothing is in flight on them
+        self.tracks = tracks
+
+    async def _start(self) -> None:
+        if self._maintainer is None:
+            # Its own context: it must not hold on to the request that happened to start it.
+            self._maintainer = asyncio.get_running_loop().create_task(
+                self._maintain(), context=contextvars.Context()
+            )
+            await self.refresh(force=True)
+
+    async def _maintain(self) -> None:
+        """Re-read discovery every ``refresh_seconds``; while busy, probe each replica's load."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(min(settings.refresh_seconds, settings.probe_seconds))
+            try:
+                if self.clock() - self._last_refresh >= settings.refresh_seconds:
+                    await self.refresh()
+                if self.clock() - self._last_used < ACTIVE_SECONDS:
+                    await self.probe()
+                await self._close_retired()
+            except Exception:  # never let upkeep die: the next round tries again
+                logger.exception("%s: replica upkeep failed", self.name)
+
+    async def probe(self) -> None:
+        """Ask every replica for its load now (upkeep does it every ``probe_seconds``)."""
+        await asyncio.gather(*(self._probe(r) for r in self.replicas))
+
+    async def _probe(self, replica: Replica) -> None:
+        session = await self._client(replica.url)._session_manager.get_session()
+        timeout = aiohttp.ClientTimeout(total=max(2.0, self.settings.probe_seconds * 2))
+        try:
+            async with session.get("/load", timeout=timeout) as response:
+                report = await response.json() if response.ok else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            report = None
+            replica.failed(
+                self.clock(), self.settings.backoff_seconds, self.settings.max_backoff_seconds
+            )
+        if isinstance(report, dict):
+            replica.probed(float(report.get("load", 0)), bool(report.get("draining", False)))
+
+    async def _close_retired(self) -> None:
+        for url, replica in list(self._retired.items()):
+            if replica.in_flight == 0:
+                del self._retired[url]
+                client = self._clients.pop(url, None)
+                if client is not None:
+                    await client._session_manager.close()
+
+    async def aclose(self) -> None:
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+        for client in self._clients.values():
+            await client._session_manager.close()
+        self._clients.clear()
+
+    # -- choosing a replica -------------------------------------------------------------
+
+    def _client(self, url: str) -> Any:
+        client = self._clients.get(url)
+        if client is None:
+            from _bentoml_impl.client.proxy2 import AsyncClient
+
+            client = AsyncClient(
+                url,
+                media_type=self.media_type,
+                service=self.service,
+                timeout=self.timeout,
+                server_ready_timeout=0,
+                max_age=self.connection.max_age,
+                max_requests=self.connection.max_requests,
+            )
+            self._clients[url] = client
+        return client
+
+    def _track(self) -> str | None:
+        """This request's track: the one it already uses, or one chosen by weight."""
+        populated = [t for t, replicas in self.tracks.items() if replicas]
+        pinned = routing.pinned(self.name)
+        if pinned in populated:
+            return pinned
+        weighted = [t for t in populated if self.weights.get(t, 0) > 0] or populated
+        if not weighted:
+            return None
+        return self._track_choice.choose(weighted, lambda t: self.weights.get(t, 1.0), str)
+
+    def _pick(self, track: str | None, tried: set[str]) -> Replica | None:
+        """An available replica of ``track``, else of another track; else the least bad one."""
+        now = self.clock()
+        order = sorted(self.tracks, key=lambda t: t != track)
+        pools = [(t, [r for r in self.tracks[t] if r.url not in tried]) for t in order]
+        for name, pool in pools:
+            available = [r for r in pool if r.available(now)]
+            if available:
+                return self._balancers[name].pick(available)
+        for _, pool in pools:
+            if pool:
+                return min(pool, key=lambda r: (r.draining, r.skip_until))
+        return None
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def _open(
+        self, api: str, kwargs: Mapping[str, Any], limits: aiohttp.ClientTimeout
+    ) -> _Opened:
+        """Send the request, moving to another replica while no byte of an answer came back."""
+        await self._start()
+        self._last_used = self.clock()
+        track = self._track()
+        tried: set[str] = set()
+        failure: UpstreamError | None = None
+        drained: Replica | None = None
+        for attempt in range(1 + self.settings.retries):
+            replica = self._pick(track, tried)
+            if replica is None or (attempt and not replica.available(self.clock())):
+                await self.refresh(force=True)  # a replacement may have appeared
+                track = track if track in self.tracks else self._track()
+                replica = self._pick(track, tried)
+            if replica is None:
+                # Every other replica failed: one that drains still serves as a last resort.
+                replica, drained = drained, None
+            if replica is None:
+                break
+            tried.add(replica.url)
+            opened, failure = await self._attempt(replica, api, kwargs, limits)
+            if opened is not None:
+                return opened
+            if failure is not None and failure.code == "draining":
+                drained = replica
+        if failure is None:
+            failure = UpstreamError(
+                self.name,
+                503,
+                f"no replica of {self.name} is known",
+                code="unavailable",
+                retry_after=1.0,
+            )
+        raise failure
+
+    async def _attempt(
+        self,
+        replica: Replica,
+        api: str,
+        kwargs: Mapping[str, Any],
+        limits: aiohttp.ClientTimeout,
+    ) -> tuple[_Opened | None, UpstreamError | None]:
+        client = self._client(replica.url)
+        endpoint = client.endpoints[api]
+        headers: dict[str, str] = {"Content-Type": client.media_type, **routing.outgoing()}
+        if replica.draining:
+            headers[LAST_RESORT_HEADER] = "1"
+        replica.started()
+        self.metrics.in_flight(replica.url, replica.track, 1)
+        try:
+            from multidict import CIMultiDict
+
+            request_headers: CIMultiDict[str] = CIMultiDict(headers)
+            body = client._build_payload(endpoint, (), dict(kwargs), request_headers)
+            session = await client._session_manager.get_session()
+            response = await session.post(
+                endpoint.route, data=body, headers=request_headers, timeout=limits
+            )
+        except BaseException as exc:
+            outcome = _no_answer(exc)
+            if outcome is None:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                self._ended(replica, "cancelled" if cancelled else "error")
+                raise
+            self._ended(replica, outcome)
+            settings = self.settings
+            replica.failed(self.clock(), settings.backoff_seconds, settings.max_backoff_seconds)
+            logger.warning("%s: %s failed (%s): %r", self.name, replica.url, outcome, exc)
+            if outcome == "timeout":
+                return None, UpstreamError(
+                    self.name, 504, f"{replica.url} did not answer in time", code="timeout"
+                )
+            return None, UpstreamError(
+                self.name,
+                503,
+                f"{replica.url} is unreachable ({type(exc).__name__})",
+                code="unavailable",
+                retry_after=1.0,
+            )
+        if response.status == 503 and response.headers.get(DRAINING_HEADER):
+            response.release()
+            self._ended(replica, "draining")
+            replica.drains(self.clock(), self.settings.backoff_seconds)
+            retry_after = float(response.headers.get("Retry-After", "1") or 1)
+            return None, UpstreamError(
+                self.name,
+                503,
+                f"every replica of {self.name} is shutting down",
+                code="draining",
+                retry_after=retry_after,
+            )
+        if not response.ok:
+            try:
+                text = await response.text()
+            finally:
+                response.release()
+                self._ended(replica, "client_error" if response.status < 500 else "server_error")
+            raise UpstreamError(self.name, response.status, _message(text), code="upstream_status")
+        replica.succeeded()
+        self._observe(replica, response)
+        routing.record(self.name, replica.track)
+        return _Opened(replica, response, client, endpoint), None
+
+    def _observe(self, replica: Replica, response: aiohttp.ClientResponse) -> None:
+        load = response.headers.get(LOAD_HEADER)
+        if load is not None:
+            with contextlib.suppress(ValueError):
+                replica.observed(float(load))
+        routing.merge(response.headers.get(routing.VERSION_HEADER))
+
+    def _ended(self, replica: Replica, outcome: str) -> None:
+        replica.ended()
+        self.metrics.in_flight(replica.url, replica.track, -1)
+        self.metrics.attempt(replica.url, replica.track, outcome)
+
+    def _connect(self) -> float:
+        return self.settings.connect_timeout
+
+    async def call(self, api: str, /, **kwargs: Any) -> Any:
+        """A unary API: its deserialised answer."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self._connect())
+        opened = await self._open(api, kwargs, timeout)
+        outcome = "cancelled"
+        try:
+            result = await opened.client._parse_response(opened.endpoint, opened.response)
+            outcome = "ok"
+            return result
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome = "broken"
+            raise self._broken(opened.replica, exc) from exc
+        finally:
+            opened.response.release()
+            self._ended(opened.replica, outcome)
+
+    async def stream(
+        self, api: str, /, *, idle_timeout: float, **kwargs: Any
+    ) -> AsyncGenerator[str, None]:
+        """A streaming API's text, read with at most ``idle_timeout`` between two chunks.
+
+        Closing this generator early closes the connection: the callee sees its client leave.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._connect(), sock_read=idle_timeout
+        )
+        opened = await self._open(api, kwargs, timeout)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        outcome = "cancelled"
+        try:
+            async for chunk in opened.response.content.iter_any():
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+            outcome = "ok"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome = "broken"
+            raise self._broken(opened.replica, exc) from exc
+        finally:
+            if outcome == "ok":
+                opened.response.release()
+            else:
+                opened.response.close()
+            self._ended(opened.replica, outcome)
+
+    def _broken(self, replica: Replica, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, TimeoutError):
+            return UpstreamError(
+                self.name, 504, f"{replica.url} went silent mid-answer", code="timeout"
+            )
+        return UpstreamError(
+            self.name,
+            502,
+            f"the connection to {replica.url} dropped mid-answer ({type(exc).__name__})",
+            code="broken",
+        )
+
+    async def ready(self, seconds: float = 5.0) -> bool:
+        """Whether some replica answers its ``/readyz``."""
+        await self._start()
+        if not self.replicas:
+            await self.refresh(force=True)
+
+        async def one(replica: Replica) -> bool:
+            try:
+                session = await self._client(replica.url)._session_manager.get_session()
+                async with session.get(
+                    "/readyz", timeout=aiohttp.ClientTimeout(total=seconds)
+                ) as response:
+                    return bool(response.status == 200)
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        return any(await asyncio.gather(*(one(r) for r in self.replicas)))

@@ -145,11 +145,12 @@ class CacheMetrics:
 UPSTREAM_METRIC_NAMES = (
     "bentochain_upstream_requests_total",
     "bentochain_upstream_in_flight_requests",
+    "bentochain_upstream_replica_load",
 )
 
 
 @functools.cache
-def _upstream_families() -> tuple[Any, Any]:
+def _upstream_families() -> tuple[Any, Any, Any]:
     """One counter and one gauge per process, shared by every dependency it calls (a
     Prometheus registry holds each name once)."""
     import bentoml
@@ -169,7 +170,16 @@ def _upstream_families() -> tuple[Any, Any]:
         labelnames=["service", "replica", "version"],
         multiprocess_mode="livesum",
     )
-    return requests, in_flight
+    load = bentoml.metrics.Gauge(
+        name="bentochain_upstream_replica_load",
+        documentation=(
+            "Each replica's load (running + waiting requests) as it last reported it to this "
+            "caller: what least_load balances on."
+        ),
+        labelnames=["service", "replica", "version"],
+        multiprocess_mode="livemostrecent",
+    )
+    return requests, in_flight, load
 
 
 class PrometheusUpstreamMetrics:
@@ -178,7 +188,7 @@ class PrometheusUpstreamMetrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self._requests, self._in_flight = _upstream_families()
+        self._requests, self._in_flight, self._load = _upstream_families()
 
     def attempt(self, replica: str, version: str, outcome: str) -> None:
         self._requests.labels(
@@ -187,3 +197,6 @@ class PrometheusUpstreamMetrics:
 
     def in_flight(self, replica: str, version: str, delta: int) -> None:
         self._in_flight.labels(service=self.service, replica=replica, version=version).inc(delta)
+
+    def load(self, replica: str, version: str, load: float) -> None:
+        self._load.labels(service=self.service, replica=replica, version=version).set(load)

@@ -48,8 +48,9 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _Server
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.wfile.write((json.dumps(message) + "\n").encode())
-        self.wfile.flush()
+        with contextlib.suppress(OSError):  # the client left; what it asked for goes on
+            self.wfile.write((json.dumps(message) + "\n").encode())
+            self.wfile.flush()
 
     def handle(self) -> None:
         topology = self.server.topology
@@ -67,12 +68,11 @@ class _Handler(socketserver.StreamRequestHandler):
 
             def progress(message: str) -> None:
                 own_log(message)  # serve-split's own output tells the story too
-                with lock, contextlib.suppress(OSError):  # the client left; the rollout goes on
+                with lock:
                     self._send({"event": "progress", "message": message})
 
             ok = topology.rollout(command.services or list(CALLEES), progress)
-            with contextlib.suppress(OSError):
-                self._send({"event": "done", "ok": ok})
+            self._send({"event": "done", "ok": ok})
         else:
             self._send({"event": "done", "ok": False, "message": f"unknown {command.command!r}"})
 

@@ -11,9 +11,9 @@ A caller with no other replica left marks its request ``x-bentochain-last-resort
 server still serves it while its grace lasts (one replica during a node drain, or the next LLM
 call of a chain that started before the signal).
 
-Every service also answers ``GET /load`` (its load: for the LLM the running + waiting
-sequences, otherwise the requests in flight, and whether it drains) and puts its load in an
-``x-bentochain-load`` header on each answer: the ``least_load`` strategy balances on them.
+Every service also answers ``GET /load``: its load (for the LLM the running + waiting
+sequences, otherwise the requests in flight) and whether it drains. Callers with the
+``least_load`` strategy ask for it every second while they send requests.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER, LOAD_HEADER
+from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +164,7 @@ class Drain:
 
 
 class DrainMiddleware:
-    """ASGI side of ``Drain``: readiness, refusals while draining, ``/load``, load headers."""
+    """ASGI side of ``Drain``: readiness, refusals while draining, ``/load``."""
 
     def __init__(self, app: ASGIApp, *, grace_seconds: float) -> None:
         self.app = app
@@ -198,13 +197,8 @@ class DrainMiddleware:
             await _json(send, 503, DRAINING_BODY, DRAINING_HEADERS)
             return
 
-        async def send_with_load(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[LOAD_HEADER] = str(drain.current_load())
-            await send(message)
-
         with drain.counted():
-            await self.app(scope, receive, send_with_load)
+            await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def watch(message: Message) -> None:

@@ -150,6 +150,21 @@ def split_state_dir(env: Mapping[str, str], port: int) -> Path:
     return state_home(env) / f"split-{port}"
 
 
+def replica_file(state_dir: Path, service: str) -> Path:
+    return state_dir / "replicas" / f"{service}.json"
+
+
+def caller_env(env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
+    """A server's environment: each callee's replicas come from its replica file (what the
+    profile says about DNS names or fixed lists is set aside)."""
+    found = dict(env)
+    for service in CALLEES:
+        found[env_key(service, "upstream", "file")] = str(replica_file(state_dir, service))
+        found[env_key(service, "upstream", "dns")] = ""
+        found[env_key(service, "upstream", "replicas")] = ""
+    return found
+
+
 @dataclass(eq=False)
 class ServerProcess:
     """One replica: a ``start-http-server`` of one service on one port."""
@@ -213,7 +228,7 @@ class SplitTopology:
             return [s.summary() for servers in self.servers.values() for s in servers]
 
     def replica_file(self, service: str) -> Path:
-        return self.state_dir / "replicas" / f"{service}.json"
+        return replica_file(self.state_dir, service)
 
     def _profile(self) -> Settings:
         return load_settings(environ=self._env)
@@ -236,13 +251,7 @@ class SplitTopology:
             ReplicaFile(service=service, tracks=tracks).write(self.replica_file(service))
 
     def _caller_env(self) -> dict[str, str]:
-        """Every process's environment: each callee's replicas come from its replica file."""
-        env = dict(self._env)
-        for service in CALLEES:
-            env[env_key(service, "upstream", "file")] = str(self.replica_file(service))
-            env[env_key(service, "upstream", "dns")] = ""
-            env[env_key(service, "upstream", "replicas")] = ""
-        return env
+        return caller_env(self._env, self.state_dir)
 
     # -- one replica ---------------------------------------------------------------------
 
@@ -319,9 +328,12 @@ class SplitTopology:
     # -- the whole topology --------------------------------------------------------------
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
+        from bentochain.serving.control import ControlServer
+
         deadline = time.monotonic() + timeout
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._control = ControlServer.start(self)  # `bentochain status` works while starting
             for stage in (MODEL_SERVICES, tuple(CHAIN_SERVICES)):
                 spawned = [
                     self._spawn(service, track)
@@ -340,9 +352,6 @@ class SplitTopology:
             raise
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
-        from bentochain.serving.control import ControlServer
-
-        self._control = ControlServer.start(self)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every server, callers first (each drains), then what they call."""
@@ -426,6 +435,9 @@ class SplitTopology:
             say(
                 f"cannot roll {', '.join(unknown)}: services with replicas are {', '.join(CALLEES)}"
             )
+            return False
+        if self._supervisor is None:
+            say("the topology is still starting; roll out once it serves")
             return False
         if not self._rolling.acquire(blocking=False):
             say("a rollout is already running")

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from bentochain.serving.drain import DrainMiddleware
 from bentochain.serving.shutdown import depths, stages
 from bentochain.serving.upstream import routing
-from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER, LOAD_HEADER
+from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER
 
 
 class SlowApp:
@@ -100,14 +100,14 @@ def test_past_the_grace_requests_in_flight_are_cancelled() -> None:
     assert asyncio.run(scenario()) == (True, True)
 
 
-def test_answers_carry_the_server_load() -> None:
-    async def scenario() -> str:
+def test_load_is_what_the_service_reports_else_its_requests_in_flight() -> None:
+    async def scenario() -> dict[str, Any]:
         app = DrainMiddleware(SlowApp(), grace_seconds=1)
         app.drain.load = lambda: 5  # the LLM reports running + waiting sequences
         async with client(app) as http:
-            return (await http.get("/fast")).headers[LOAD_HEADER]
+            return dict((await http.get("/load")).json())
 
-    assert asyncio.run(scenario()) == "5"
+    assert asyncio.run(scenario()) == {"load": 5, "in_flight": 0, "draining": False}
 
 
 def test_a_request_keeps_the_versions_it_was_pinned_to_and_reports_those_it_used() -> None:

@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 PICKLE = "application/vnd.bentoml+pickle"
 DRAINING_HEADER = "x-bentochain-draining"
 LAST_RESORT_HEADER = "x-bentochain-last-resort"
-LOAD_HEADER = "x-bentochain-load"
 ACTIVE_SECONDS = 30.0  # a caller probes its replicas' load only while it sends them requests
 
 
@@ -72,12 +71,17 @@ class UpstreamMetrics(Protocol):
 
     def in_flight(self, replica: str, version: str, delta: int) -> None: ...
 
+    def load(self, replica: str, version: str, load: float) -> None: ...
+
 
 class _NoMetrics:
     def attempt(self, replica: str, version: str, outcome: str) -> None:
         pass
 
     def in_flight(self, replica: str, version: str, delta: int) -> None:
+        pass
+
+    def load(self, replica: str, version: str, load: float) -> None:
         pass
 
 
@@ -229,7 +233,9 @@ class Upstream:
                 self.clock(), self.settings.backoff_seconds, self.settings.max_backoff_seconds
             )
         if isinstance(report, dict):
-            replica.probed(float(report.get("load", 0)), bool(report.get("draining", False)))
+            load = float(report.get("load", 0))
+            replica.probed(load, bool(report.get("draining", False)))
+            self.metrics.load(replica.url, replica.track, load)
 
     async def _close_retired(self) -> None:
         for url, replica in list(self._retired.items()):
@@ -393,19 +399,13 @@ class Upstream:
                 text = await response.text()
             finally:
                 response.release()
-                self._ended(replica, "client_error" if response.status < 500 else "server_error")
+                outcome = "client_error" if response.status < 500 else "server_error"
+                self._ended(replica, outcome)
             raise UpstreamError(self.name, response.status, _message(text), code="upstream_status")
         replica.succeeded()
-        self._observe(replica, response)
+        routing.merge(response.headers.get(routing.VERSION_HEADER))  # what the callee used
         routing.record(self.name, replica.track)
         return _Opened(replica, response, client, endpoint), None
-
-    def _observe(self, replica: Replica, response: aiohttp.ClientResponse) -> None:
-        load = response.headers.get(LOAD_HEADER)
-        if load is not None:
-            with contextlib.suppress(ValueError):
-                replica.observed(float(load))
-        routing.merge(response.headers.get(routing.VERSION_HEADER))
 
     def _ended(self, replica: Replica, outcome: str) -> None:
         replica.ended()

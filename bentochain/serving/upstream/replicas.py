@@ -26,8 +26,7 @@ class Replica:
     failures: int = 0
     skip_until: float = 0.0
     draining: bool = False
-    load: float = 0.0
-    sent_since_load: int = 0
+    others_load: float = 0.0  # the last reported load, less this caller's share of it
 
     def available(self, now: float) -> bool:
         """Whether a new request may go here (not failing, not draining)."""
@@ -35,12 +34,11 @@ class Replica:
 
     @property
     def load_estimate(self) -> float:
-        """The replica's last reported load plus what this caller sent it since."""
-        return self.load + self.sent_since_load
+        """Other callers' load as last reported, plus this caller's requests in flight now."""
+        return self.others_load + self.in_flight
 
     def started(self) -> None:
         self.in_flight += 1
-        self.sent_since_load += 1
 
     def ended(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
@@ -60,14 +58,10 @@ class Replica:
         self.failures = 0
         self.skip_until = 0.0
 
-    def observed(self, load: float) -> None:
-        """The load a replica reported with an answer."""
-        self.load = load
-        self.sent_since_load = 0
-
     def probed(self, load: float, draining: bool) -> None:
-        """What a ``/load`` probe found: the replica is up, draining or not."""
-        self.observed(load)
+        """What a ``/load`` probe found: its load (which counts this caller's requests in
+        flight, so those are taken out), and whether it drains."""
+        self.others_load = max(0.0, load - self.in_flight)
         self.draining = draining
         if not draining:
             self.succeeded()

@@ -4,12 +4,12 @@ BentoML's arbiter (circus) stops every service's watcher at once on SIGTERM, so 
 flight at the Gateway could lose the LLM it still has to call. Each service drains on SIGTERM
 (``drain.py``); stopping them in dependency order means a service only starts to drain once
 everything that calls it has finished. The arbiter is circus's, in the process that runs
-``bentoml serve``, which imports the entry service: the Gateway module installs this there.
+``bentoml serve``, which imports the entry service (before circus): the Gateway module installs
+this there.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,12 +43,14 @@ def stages(watchers: Iterable[Any], entry: str, depth: Mapping[str, int]) -> lis
 
 def stop_callers_first(entry: Any) -> None:
     """Make the arbiter of this process stop ``entry``'s services in dependency order."""
-    arbiter_module = sys.modules.get("circus.arbiter")
-    if arbiter_module is None:  # a worker, or a test: there is no arbiter here
+    from bentoml._internal.context import server_context
+
+    if server_context.worker_index is not None:  # a worker: its arbiter is another process
         return
+    import circus.arbiter
     from tornado import gen
 
-    arbiter_cls = arbiter_module.Arbiter
+    arbiter_cls: Any = circus.arbiter.Arbiter
     if getattr(arbiter_cls, "_bentochain_ordered", False):
         return
     depth = depths(entry)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -97,13 +96,15 @@ class Split:
 @pytest.fixture(scope="module")
 def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
     root = tmp_path_factory.mktemp("replicas")
-    profile = root / "profile.yaml"
-    shutil.copy(DEFAULT_PROFILE, profile)  # the canary test edits it, as a user would
+    profile = root / "profile.yaml"  # the canary test edits it, as a user would
+    settings = yaml.safe_load(DEFAULT_PROFILE.read_text())
+    settings["llm"]["model"] = served_env["BENTOCHAIN_LLM__MODEL"]  # in the file, not the env
+    profile.write_text(yaml.safe_dump(settings))
     port = free_port()
     # A generous grace: 32 streams relayed through one gateway on a busy 2-core machine take
     # tens of seconds, and the tests check that they end whole, not how fast.
     env = {
-        **served_env,
+        **{k: v for k, v in served_env.items() if k != "BENTOCHAIN_LLM__MODEL"},
         "BENTOCHAIN_CONFIG": str(profile),
         "BENTOCHAIN_SHUTDOWN__GRACE_SECONDS": "300",
     }
@@ -405,14 +406,23 @@ def sql_calls_per_version(sql_chain: str) -> Counter[str]:
     return counts
 
 
+def models_served(url: str) -> set[str]:
+    """The served model ids on an LLM replica's own /metrics (one per model it generated with)."""
+    return {labels["model"] for labels, _ in samples(url, "bentochain_llm_generated_tokens_total")}
+
+
+def edit_profile(split: Split, change: Any) -> None:
+    profile = yaml.safe_load(split.profile.read_text())
+    change(profile["llm"])
+    split.profile.write_text(yaml.safe_dump(profile))
+
+
 def test_a_canary_takes_its_share_and_a_chain_run_stays_on_one_version(split: Split) -> None:
     until(split.llm_replicas_ready, "two LLM replicas serving")
-    profile = yaml.safe_load(split.profile.read_text())
-    profile["llm"]["canary"] = {"model": "demo:llama-tiny", "weight": 30}
-    split.profile.write_text(yaml.safe_dump(profile))
-    rolled = split.cli("rollout", "LLM")
+    edit_profile(split, lambda llm: llm.update(canary={"model": "demo:llama-36m", "weight": 30}))
+    rolled = split.cli("rollout", "LLM")  # prepares the new model, then starts its replica
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
-    assert split.serving("LLM", "canary"), split.status()
+    (canary,) = split.serving("LLM", "canary")
 
     def canary_in_rotation() -> bool:  # the gateway re-reads the replica file every 5 s
         return chat(split.url, "canary?").headers[VERSION_HEADER] == "LLM=canary"
@@ -425,6 +435,8 @@ def test_a_canary_takes_its_share_and_a_chain_run_stays_on_one_version(split: Sp
         versions[response.headers[VERSION_HEADER]] += 1
     assert set(versions) == {"LLM=stable", "LLM=canary"}
     assert abs(versions["LLM=canary"] - 30) <= 10, versions
+    assert models_served(canary["url"]) == {"llama-36m"}
+    assert all(models_served(s["url"]) == {"llama-tiny"} for s in split.serving("LLM"))
 
     sql_chain = split.serving("SQLChain")[0]["url"]
     runs: list[tuple[str, Counter[str]]] = []
@@ -443,3 +455,22 @@ def test_a_canary_takes_its_share_and_a_chain_run_stays_on_one_version(split: Sp
         assert sum(delta.values()) == 3  # the demo LLM's SQL is refused: 1 try + 2 repairs
         assert f"LLM={version}" in header
     assert {version for _, delta in runs for version in delta} == {"stable", "canary"}
+
+
+def test_promoting_the_canary_is_a_profile_change_and_a_rollout(split: Split) -> None:
+    edit_profile(split, lambda llm: llm.update(model="demo:llama-36m", canary=None))
+    rolled = split.cli("rollout", "LLM")
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert split.serving("LLM", "canary") == []
+    replicas = split.serving("LLM")
+    assert len(replicas) == 2
+
+    def both_served() -> bool:
+        return chat(split.url, "promoted").status_code == 200 and all(
+            models_served(r["url"]) for r in replicas
+        )
+
+    until(both_served, "both new replicas have served")
+    assert all(models_served(r["url"]) == {"llama-36m"} for r in replicas)
+    headers = {chat(split.url, f"after {i}").headers[VERSION_HEADER] for i in range(20)}
+    assert headers == {"LLM=stable"}

@@ -312,3 +312,17 @@ def test_serve_split_replicas_are_parsed_with_clear_refusals() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             parse_replicas(bad)
+
+
+def test_a_composed_bento_refuses_a_canary_and_says_where_it_can_run(tmp_path: Path) -> None:
+    with_canary = "model: demo:llama-tiny\n  canary: {model: demo:llama-tiny, weight: 10}"
+    path = write(tmp_path, MINIMAL.replace("model: demo:llama-tiny", with_canary))
+    result = subprocess.run(
+        [sys.executable, "-m", "bentochain.cli", "--profile", str(path), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "llm.canary: where are the canary's replicas?" in result.stderr
+    assert "bentochain serve-split" in result.stderr and "Traceback" not in result.stderr

@@ -256,6 +256,8 @@ class SplitTopology:
     # -- one replica ---------------------------------------------------------------------
 
     def _spawn(self, service: str, track: str) -> ServerProcess:
+        if self._stopping.is_set():
+            raise RuntimeError("the topology is stopping")
         env = self._caller_env()
         if track == CANARY:
             canary = getattr(self.settings.entry(service), "canary", None)
@@ -383,6 +385,8 @@ class SplitTopology:
                     if not s.retiring and s.process.poll() is not None
                 ]
             for server in dead:
+                if self._stopping.is_set():  # stop() is ending them
+                    return
                 code = server.process.returncode
                 self._forget(server)
                 if server.service == "Gateway":
@@ -398,6 +402,8 @@ class SplitTopology:
                 ).start()
 
     def _replace(self, server: ServerProcess) -> None:
+        if self._stopping.is_set():
+            return
         try:
             self._start_replica(server.service, server.track, time.monotonic() + READY_TIMEOUT)
         except Exception as exc:

@@ -307,3 +307,27 @@ def test_end_of_sequence_stops_unless_ignored_or_below_min_tokens(demo_dir: Path
     assert isinstance(at_least, Finished) and at_least.completion_tokens >= 8
     assert isinstance(ignored, Finished)
     assert (ignored.finish_reason, ignored.completion_tokens) == ("length", 12)
+
+
+def test_load_counts_running_and_waiting_sequences(demo_dir: Path) -> None:
+    """What /load reports to least_load callers; it is back to zero once they are done."""
+    engine = make_engine(demo_dir, max_running=1)
+
+    async def scenario() -> tuple[int, int]:
+        first = engine.stream(chat("one", max_tokens=2000, ignore_eos=True))
+        second = engine.stream(chat("two", max_tokens=2000, ignore_eos=True))
+        await anext(first)  # started
+        await anext(second)
+        while not isinstance(await anext(first), Delta):  # decoding: one runs, one waits
+            pass
+        busy = engine.load()
+        await first.aclose()
+        await second.aclose()
+        await collect(engine, chat("three", max_tokens=3))
+        return busy, engine.load()
+
+    try:
+        busy, idle = asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert (busy, idle) == (2, 0)

@@ -148,9 +148,13 @@ class LLMEngine:
         return frozenset(ids)
 
     def load(self) -> int:
-        """Sequences running plus requests waiting: the work this engine holds."""
+        """Sequences running plus requests waiting: the work this engine holds.
+
+        A sequence that finished in the current step is not counted: its caller may already
+        have its last token, and a balancer must not see it as still busy."""
+        running = sum(1 for seq in list(self._running) if not seq.done)
         with self._lock:
-            return len(self._running) + len(self._waiting)
+            return running + len(self._waiting)
 
     @property
     def kv_capacity_tokens(self) -> int:

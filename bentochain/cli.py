@@ -87,11 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from bentochain.serving.upstream import UpstreamConfigError, discovery_for
 
     for service, key in SERVICE_KEYS.items():  # a canary needs replicas of its own
-        entry = settings.entry(service)
-        canary = getattr(entry, "canary", None)
+        canary = settings.canary(service)
         if canary is not None:
             try:
-                discovery_for(key, entry.upstream, canary, "composed")  # type: ignore[attr-defined]
+                discovery_for(key, settings.upstream(service), canary, "composed")
             except UpstreamConfigError as exc:
                 print(f"bentochain: {exc}", file=sys.stderr)
                 return 2

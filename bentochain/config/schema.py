@@ -62,18 +62,50 @@ class Batching(Section):
     )
 
 
+class Spot(Section):
+    """Run the replicas above ``min_on_demand`` on spot (preemptible) nodes."""
+
+    min_on_demand: NonNegativeInt = Field(
+        1, description="replicas that always run on on-demand nodes"
+    )
+
+
+ScalingMetric = Literal["queue", "in_flight", "cpu"]
+
+
 class Scaling(Section):
     min_replicas: NonNegativeInt = 1
     max_replicas: PositiveInt = 1
     target_concurrency: PositiveInt = Field(
-        8, description="requests in flight per replica the autoscaler aims for"
+        8,
+        description=(
+            "per replica, what the autoscaler aims for: requests in flight, or for the LLM "
+            "running + waiting sequences"
+        ),
     )
+    metric: ScalingMetric | None = Field(
+        None,
+        description=(
+            "what the Kubernetes autoscaler scales on: 'queue' (the LLM's running + waiting "
+            "sequences), 'in_flight' (requests in progress) or 'cpu'; default: queue for the "
+            "LLM, in_flight for the others"
+        ),
+    )
+    target_cpu_percent: PositiveInt = Field(
+        70, le=100, description="average CPU use per replica, for metric 'cpu'"
+    )
+    spot: Spot | None = None
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Scaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        if self.spot is not None and self.spot.min_on_demand > self.min_replicas:
+            raise ValueError(
+                f"spot.min_on_demand ({self.spot.min_on_demand}) is above min_replicas "
+                f"({self.min_replicas})"
             )
         return self
 
@@ -243,6 +275,13 @@ Workers = Annotated[int | Literal["cpu_count"], BeforeValidator(_workers)]
 
 class ServiceSettings(Section):
     workers: Workers = 1
+    instance_type: str | None = Field(
+        None,
+        description="BentoCloud instance type, e.g. 'gpu.l4.1' (default: chosen from resources)",
+    )
+    shutdown: Shutdown | None = Field(
+        None, description="this service's drain, instead of the top-level 'shutdown'"
+    )
     env: dict[str, str] = Field(
         default_factory=dict, description="environment of this service's processes only"
     )
@@ -478,6 +517,52 @@ class Chains(Section):
     translate: ChainLLM = ChainLLM()
 
 
+Cloud = Literal["generic", "gke", "eks", "aks"]
+
+
+class Scraper(Section):
+    """The Prometheus that scrapes every pod: the one caller besides the services themselves
+    that the NetworkPolicies let in (it feeds the autoscaler)."""
+
+    namespace: str = "monitoring"
+    pod_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"}
+    )
+
+
+class KubernetesSettings(Section):
+    cloud: Cloud = Field(
+        "generic",
+        description="whose node labels spot and GPU placement use: gke, eks, aks or generic",
+    )
+    gpu_node_label: str | None = Field(
+        None,
+        description=(
+            "node label whose value is a service's resources.gpu_type (default: the cloud's "
+            "own, e.g. cloud.google.com/gke-accelerator on GKE)"
+        ),
+    )
+    secret: str = Field(
+        "bentochain-secrets",
+        description="Secret the user creates (provider keys...): every pod takes its keys as env",
+    )
+    prometheus: Scraper = Scraper()
+
+
+class BentoCloudSettings(Section):
+    name: str = Field("bentochain", description="the Deployment's name on BentoCloud")
+    cluster: str | None = None
+    access_authorization: bool = Field(True, description="callers need a BentoCloud API token")
+    secrets: tuple[str, ...] = Field(
+        (), description="BentoCloud secrets (created with `bentoml secret create`) to mount"
+    )
+
+
+class DeploySettings(Section):
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    bentocloud: BentoCloudSettings = BentoCloudSettings()
+
+
 class Settings(BaseSettings):
     """A whole profile: one entry per service."""
 
@@ -494,6 +579,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     chains: Chains = Chains()
     shutdown: Shutdown = Shutdown()
+    deploy: DeploySettings = DeploySettings()
 
     def entry(self, service: str) -> ServiceSettings:
         """The profile entry of a BentoML service (``LLM`` → ``llm``)."""
@@ -501,6 +587,22 @@ class Settings(BaseSettings):
         for part in SERVICE_KEYS[service].split("."):
             node = getattr(node, part)
         return node  # type: ignore[no-any-return]
+
+    def upstream(self, service: str) -> UpstreamSettings:
+        """How callers reach ``service`` (a model or chain service: the Gateway has none)."""
+        entry = self.entry(service)
+        if not isinstance(entry, ModelServiceSettings | ChainServiceSettings):
+            raise KeyError(f"{service} is called by nobody: it has no upstream settings")
+        return entry.upstream
+
+    def grace_seconds(self, service: str) -> float:
+        """How long ``service`` lets requests in flight finish after SIGTERM."""
+        own = self.entry(service).shutdown
+        return (own or self.shutdown).grace_seconds
+
+    def canary(self, service: str) -> Canary | None:
+        """``service``'s canary, if the profile gives it one."""
+        return getattr(self.entry(service), "canary", None)
 
     @model_validator(mode="after")
     def _unique_model_ids(self) -> Settings:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol, runtime_checkable
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER
@@ -193,7 +194,7 @@ class DrainMiddleware:
         if path in UNCOUNTED:
             await self.app(scope, receive, send)
             return
-        if drain.draining and not _has_header(scope, LAST_RESORT_HEADER):
+        if drain.draining and LAST_RESORT_HEADER not in Headers(scope=scope):
             await _json(send, 503, DRAINING_BODY, DRAINING_HEADERS)
             return
 
@@ -207,11 +208,6 @@ class DrainMiddleware:
             await send(message)
 
         await self.app(scope, receive, watch)
-
-
-def _has_header(scope: Scope, name: str) -> bool:
-    key = name.encode()
-    return any(k == key for k, _ in scope.get("headers", ()))
 
 
 # OpenAI's error shape, since the gateway's clients read it; callers read the header.

@@ -20,13 +20,14 @@ from collections.abc import Sequence
 SERVER_COMMANDS = ("serve", "start-http-server")
 
 
-def launch_command(label: str, *args: str) -> list[str]:
-    """The argv that runs ``bentoml <args>`` with the metrics directory named by ``label``."""
+def launch_command(label: str, *args: str, python: str = sys.executable) -> list[str]:
+    """The argv that runs ``bentoml <args>`` with the metrics directory named by ``label``
+    (``python``: the interpreter, this one by default; a container's own on Kubernetes)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
         raise ValueError(f"metrics label {label!r}: use letters, digits, '.', '_' or '-'")
     if not args or args[0] not in SERVER_COMMANDS:
         raise ValueError(f"launch runs one of {SERVER_COMMANDS}, not {args[:1]}")
-    return [sys.executable, "-m", "bentochain.serving.launch", label, *args]
+    return [python, "-m", "bentochain.serving.launch", label, *args]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -45,6 +45,6 @@ def install_middleware(service: Any, settings: Settings) -> Any:
     from bentochain.serving.drain import DrainMiddleware
     from bentochain.serving.upstream.routing import RoutingMiddleware
 
-    service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.shutdown.grace_seconds)
+    service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))
     service.add_asgi_middleware(RoutingMiddleware)
     return service

@@ -95,12 +95,12 @@ def dependencies(settings: Settings, services: Iterable[Any]) -> dict[str, Upstr
     for service in services:
         name = service.name
         entry = settings.entry(name)
-        upstream = entry.upstream  # type: ignore[attr-defined]
+        upstream = settings.upstream(name)
         try:
             discovery = discovery_for(
                 SERVICE_KEYS[name],
                 upstream,
-                getattr(entry, "canary", None),
+                settings.canary(name),
                 addresses.get(name),
                 base=project_path,
             )

@@ -39,6 +39,19 @@ ENTRY = "services.gateway:Gateway"
 MODEL_SERVICES = ("LLM", "Embedder", "TranslatorFR", "TranslatorES")
 CHAIN_SERVICES = {"SQLChain": ("LLM",), "RAGChain": ("LLM", "Embedder")}  # and their models
 CALLEES = (*MODEL_SERVICES, *CHAIN_SERVICES)
+SERVICES = ("Gateway", *CALLEES)
+
+
+def callees_of(service: str) -> tuple[str, ...]:
+    """The services ``service`` calls (what ``--depends`` names for it)."""
+    return CALLEES if service == "Gateway" else CHAIN_SERVICES.get(service, ())
+
+
+def callers_of(service: str) -> tuple[str, ...]:
+    """The services that call ``service``: the only ones that need to reach it."""
+    return tuple(s for s in SERVICES if service in callees_of(s))
+
+
 CANARY_CAPABLE = ("LLM", "TranslatorFR", "TranslatorES")  # the embedder refuses a canary
 READY_TIMEOUT = 300.0
 STOP_MARGIN = 15.0  # beyond the drain's grace, for the process to exit
@@ -52,35 +65,71 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(service: str, host: str, port: int, depends: Mapping[str, str]) -> list[str]:
-    """The command one Deployment's container would run for ``service``."""
+def server_command(
+    service: str,
+    host: str,
+    port: int,
+    depends: Mapping[str, str],
+    *,
+    target: str = ENTRY,
+    working_dir: Path | None = PROJECT_ROOT,
+    python: str = sys.executable,
+) -> list[str]:
+    """The command that serves ``service`` alone: here from the project, in a Kubernetes
+    Deployment from the Bento in the image (``target`` its path, ``python`` the image's)."""
+    place = ["--working-dir", str(working_dir)] if working_dir is not None else []
     command = launch_command(
         f"{service}-{port}",
         "start-http-server",
-        ENTRY,
-        "--working-dir",
-        str(PROJECT_ROOT),
+        target,
+        *place,
         "--service-name",
         service,
         "--host",
         host,
         "--port",
         str(port),
+        python=python,
     )
     for name, url in depends.items():
         command += ["--depends", f"{name}={url}"]
     return command
 
 
+def spawn(
+    command: list[str], env: Mapping[str, str] | None, log: Path | None
+) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own (Ctrl+C reaches bentochain only, which stops each
+    server in turn), its output to ``log`` or to ours."""
+    environ = None if env is None else dict(env)
+    if log is None:
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=environ, start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def stop_server(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-    """SIGTERM a BentoML server and wait; after ``grace``, kill it and all its workers.
+    """SIGTERM a BentoML server and wait; after ``grace``, kill it and all its workers."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    wait_or_kill(process, grace)
+
+
+def wait_or_kill(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Wait up to ``grace`` for a signalled server to exit, then kill it and its workers.
 
     Circus starts every worker in a session of its own, so a signal to the server's process group
     does not reach them: a killed arbiter would leave its workers running. They are found by
     parentage instead, before the arbiter dies.
     """
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=grace)
         return
@@ -174,7 +223,14 @@ class ServerProcess:
     port: int
     process: subprocess.Popen[bytes]
     url: str
+    listed: bool = False  # in its replica file: callers can find it
     retiring: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.retiring:
+            return "retiring"
+        return "serving" if self.listed else "starting"
 
     def summary(self) -> dict[str, object]:
         return {
@@ -182,7 +238,7 @@ class ServerProcess:
             "version": self.track,
             "url": self.url,
             "pid": self.process.pid,
-            "state": "retiring" if self.retiring else "serving",
+            "state": self.state,
         }
 
 
@@ -217,7 +273,7 @@ class SplitTopology:
         with self._lock:
             found: dict[str, str] = {}
             for service, servers in self.servers.items():
-                live = [s for s in servers if not s.retiring]
+                live = [s for s in servers if s.state == "serving"]
                 live.sort(key=lambda s: s.track != STABLE)
                 if live:
                     found[service] = live[0].url
@@ -227,20 +283,17 @@ class SplitTopology:
         with self._lock:
             return [s.summary() for servers in self.servers.values() for s in servers]
 
-    def replica_file(self, service: str) -> Path:
-        return replica_file(self.state_dir, service)
-
     def _profile(self) -> Settings:
         return load_settings(environ=self._env)
 
     def _canary_weight(self, service: str) -> float | None:
-        canary = getattr(self.settings.entry(service), "canary", None)
+        canary = self.settings.canary(service)
         return None if canary is None else float(canary.weight)
 
     def _write_replica_file(self, service: str) -> None:
         """The service's serving replicas, per version, with the profile's canary share."""
         with self._lock:
-            live = [s for s in self.servers.get(service, []) if not s.retiring]
+            live = [s for s in self.servers.get(service, []) if s.state == "serving"]
             weight = self._canary_weight(service)
             canaries = tuple(ReplicaAddress(url=s.url) for s in live if s.track == CANARY)
             stables = tuple(ReplicaAddress(url=s.url) for s in live if s.track == STABLE)
@@ -248,40 +301,23 @@ class SplitTopology:
             tracks = {STABLE: TrackFile(weight=100.0 - share, replicas=stables)}
             if share:
                 tracks[CANARY] = TrackFile(weight=share, replicas=canaries)
-            ReplicaFile(service=service, tracks=tracks).write(self.replica_file(service))
-
-    def _caller_env(self) -> dict[str, str]:
-        return caller_env(self._env, self.state_dir)
+            ReplicaFile(service=service, tracks=tracks).write(replica_file(self.state_dir, service))
 
     # -- one replica ---------------------------------------------------------------------
 
     def _spawn(self, service: str, track: str) -> ServerProcess:
         if self._stopping.is_set():
             raise RuntimeError("the topology is stopping")
-        env = self._caller_env()
+        env = caller_env(self._env, self.state_dir)
         if track == CANARY:
-            canary = getattr(self.settings.entry(service), "canary", None)
+            canary = self.settings.canary(service)
             assert canary is not None, f"{service} has no canary in the profile"
             env[env_key(service, "model")] = str(canary.model)
-        needs = CALLEES if service == "Gateway" else CHAIN_SERVICES.get(service, ())
         urls = self.urls
-        depends = {name: urls[name] for name in needs}
+        depends = {name: urls[name] for name in callees_of(service)}
         port = self.port if service == "Gateway" else free_port(self.host)
-        command = server_command(service, self.host, port, depends)
-        # A session of its own: Ctrl+C reaches bentochain only, which stops each server in turn.
-        if self.log_dir is None:
-            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, start_new_session=True)
-        else:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            with (self.log_dir / f"{service}-{port}.log").open("wb") as log:
-                process = subprocess.Popen(
-                    command,
-                    cwd=PROJECT_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        log = None if self.log_dir is None else self.log_dir / f"{service}-{port}.log"
+        process = spawn(server_command(service, self.host, port, depends), env, log)
         server = ServerProcess(service, track, port, process, f"http://{self.host}:{port}")
         with self._lock:
             self.servers.setdefault(service, []).append(server)
@@ -297,10 +333,18 @@ class SplitTopology:
             self._forget(server)
             kill_tree(server.process)
             raise
-        if service != "Gateway":
-            self._write_replica_file(service)
+        self._list(service, [server])
         self.report(f"{service}: {server.url} ({track}) ready in {time.monotonic() - started:.1f}s")
         return server
+
+    def _list(self, service: str, ready: list[ServerProcess]) -> None:
+        """Put ready replicas in their service's replica file; only then do they count as
+        serving (a replica that answers /readyz but is not listed yet gets no traffic)."""
+        with self._lock:
+            for server in ready:
+                server.listed = True
+        if service != "Gateway":
+            self._write_replica_file(service)
 
     def _retire(self, server: ServerProcess) -> None:
         """Out of the replica file first, so callers stop choosing it; then drain and stop."""
@@ -309,7 +353,7 @@ class SplitTopology:
             server.retiring = True
         if server.service != "Gateway":
             self._write_replica_file(server.service)
-        stop_server(server.process, self.settings.shutdown.grace_seconds + STOP_MARGIN)
+        stop_server(server.process, self.settings.grace_seconds(server.service) + STOP_MARGIN)
         self._forget(server)
         self.report(
             f"{server.service}: {server.url} ({server.track}) drained and stopped in "
@@ -346,9 +390,10 @@ class SplitTopology:
                 for server in spawned:
                     wait_ready(server.url, deadline, server.process)
                 for service in stage:
-                    self._write_replica_file(service)
+                    self._list(service, [s for s in spawned if s.service == service])
             gateway = self._spawn("Gateway", STABLE)
             wait_ready(gateway.url, deadline, gateway.process)
+            self._list("Gateway", [gateway])
         except BaseException:
             self.stop()
             raise
@@ -362,16 +407,16 @@ class SplitTopology:
         if control is not None:
             control.close()  # type: ignore[attr-defined]
             self._control = None
-        grace = self.settings.shutdown.grace_seconds + STOP_MARGIN if grace is None else grace
         for stage in (("Gateway",), tuple(CHAIN_SERVICES), MODEL_SERVICES):
             with self._lock:
                 group = [s for service in stage for s in self.servers.get(service, [])]
             for server in group:
                 with contextlib.suppress(ProcessLookupError):
                     server.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace
+            longest = max((self.settings.grace_seconds(s) for s in stage), default=0.0)
+            deadline = time.monotonic() + (longest + STOP_MARGIN if grace is None else grace)
             for server in group:
-                stop_server(server.process, max(0.1, deadline - time.monotonic()))
+                wait_or_kill(server.process, max(0.1, deadline - time.monotonic()))
                 self._forget(server)
 
     def _supervise(self) -> None:
@@ -527,15 +572,7 @@ def composed_process(
     """``composed_server``, with its process (for tests that signal it)."""
     port = free_port(host)
     command = [sys.executable, "-m", "bentochain.cli", "serve", "--host", host, "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            env=None if env is None else dict(env),
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn(command, env, log)
     url = f"http://{host}:{port}"
     try:
         try:

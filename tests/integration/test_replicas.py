@@ -35,6 +35,7 @@ from bentochain.serving.topology import (
     caller_env,
     free_port,
     server_command,
+    spawn,
     split_state_dir,
     stop_server,
     wait_ready,
@@ -109,15 +110,7 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "BENTOCHAIN_SHUTDOWN__GRACE_SECONDS": "300",
     }
     log = root / "serve-split.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*CLI, "serve-split", "--port", str(port), "--replicas", "LLM=2"],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn([*CLI, "serve-split", "--port", str(port), "--replicas", "LLM=2"], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, time.monotonic() + 600, process)
@@ -146,15 +139,7 @@ def gateway_with(split: Split, log_dir: Path, **llm: str) -> Iterator[str]:
     urls = {s["service"]: s["url"] for s in split.status() if s["version"] == "stable"}
     port = free_port()
     command = server_command("Gateway", "127.0.0.1", port, {n: urls[n] for n in CALLEES})
-    with (log_dir / f"gateway-{port}.log").open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn(command, env, log_dir / f"gateway-{port}.log")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, time.monotonic() + 300, process)

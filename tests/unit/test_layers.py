@@ -15,6 +15,7 @@ from bentochain.config.loader import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "bentochain"
 LAYERS = {  # a package may import the ones of a lower rank
     "cli": 5,
+    "deploy": 4,  # renders what serving runs, for a cluster
     "api": 4,
     "serving": 3,
     "llms": 2,

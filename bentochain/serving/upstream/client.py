@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 
 from bentochain.config.schema import Connection, UpstreamSettings
 from bentochain.serving.upstream import routing
@@ -183,6 +184,7 @@ class Upstream:
             replicas = []
             for address in track.replicas:
                 replica = known.pop(address.url, None)
+                self._retired.pop(address.url, None)  # back again: its session is in use
                 if replica is None or replica.track != name:
                     replica = Replica(address.url, name, address.weight)
                 replica.weight = address.weight
@@ -229,9 +231,7 @@ class Upstream:
                 report = await response.json() if response.ok else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             report = None
-            replica.failed(
-                self.clock(), self.settings.backoff_seconds, self.settings.max_backoff_seconds
-            )
+            self._failed(replica)
         if isinstance(report, dict):
             load = float(report.get("load", 0))
             replica.probed(load, bool(report.get("draining", False)))
@@ -353,8 +353,6 @@ class Upstream:
         replica.started()
         self.metrics.in_flight(replica.url, replica.track, 1)
         try:
-            from multidict import CIMultiDict
-
             request_headers: CIMultiDict[str] = CIMultiDict(headers)
             body = client._build_payload(endpoint, (), dict(kwargs), request_headers)
             session = await client._session_manager.get_session()
@@ -368,8 +366,7 @@ class Upstream:
                 self._ended(replica, "cancelled" if cancelled else "error")
                 raise
             self._ended(replica, outcome)
-            settings = self.settings
-            replica.failed(self.clock(), settings.backoff_seconds, settings.max_backoff_seconds)
+            self._failed(replica)
             logger.warning("%s: %s failed (%s): %r", self.name, replica.url, outcome, exc)
             if outcome == "timeout":
                 return None, UpstreamError(
@@ -412,12 +409,15 @@ class Upstream:
         self.metrics.in_flight(replica.url, replica.track, -1)
         self.metrics.attempt(replica.url, replica.track, outcome)
 
-    def _connect(self) -> float:
-        return self.settings.connect_timeout
+    def _failed(self, replica: Replica) -> None:
+        settings = self.settings
+        replica.failed(self.clock(), settings.backoff_seconds, settings.max_backoff_seconds)
 
     async def call(self, api: str, /, **kwargs: Any) -> Any:
         """A unary API: its deserialised answer."""
-        timeout = aiohttp.ClientTimeout(total=self.timeout, sock_connect=self._connect())
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeout, sock_connect=self.settings.connect_timeout
+        )
         opened = await self._open(api, kwargs, timeout)
         outcome = "cancelled"
         try:
@@ -439,7 +439,7 @@ class Upstream:
         Closing this generator early closes the connection: the callee sees its client leave.
         """
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect(), sock_read=idle_timeout
+            total=None, sock_connect=self.settings.connect_timeout, sock_read=idle_timeout
         )
         opened = await self._open(api, kwargs, timeout)
         decoder = codecs.getincrementaldecoder("utf-8")()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentochain.serving.upstream.replicas import TRACKS
@@ -116,11 +116,7 @@ class RoutingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        pins = ""
-        for name, value in scope.get("headers", ()):
-            if name == PIN_HEADER.encode():
-                pins = value.decode("latin-1")
-        with request_scope(parse(pins)) as tracks:
+        with request_scope(parse(Headers(scope=scope).get(PIN_HEADER))) as tracks:
 
             async def send_with_versions(message: Message) -> None:
                 if message["type"] == "http.response.start" and tracks.used:

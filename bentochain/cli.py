@@ -179,6 +179,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _control(args.port, "status")
 
 
+PRODUCTION_PROFILE = PROJECT_ROOT / "configs" / "production.yaml"
+DEFAULT_IMAGE = "bentochain:0.1.0"
+DEFAULT_DEV_IMAGE = "bentochain:0.1.0-demo"
+
+
+def _deploy_profile(args: argparse.Namespace) -> tuple[Settings, Path]:
+    """The profile a deployment runs, read from its file alone: this shell's BENTOCHAIN_*
+    variables must not leak into what is committed and applied."""
+    chosen = args.deploy_profile or args.profile
+    path = Path(chosen).resolve() if chosen else PRODUCTION_PROFILE
+    return load_settings(path, environ={}), path
+
+
+def cmd_deploy_k8s(args: argparse.Namespace) -> int:
+    """Render deploy/k8s: the base (default profile), the dev and prod overlays."""
+    from bentochain.config.loader import DEFAULT_PROFILE
+    from bentochain.deploy.kubernetes import RenderError
+    from bentochain.deploy.kustomize import Overlay, layout, write
+
+    prod = _deploy_profile(args)
+    base = (load_settings(DEFAULT_PROFILE, environ={}), DEFAULT_PROFILE)
+    try:
+        files = layout(
+            base,
+            prod,
+            Overlay("dev", args.dev_namespace, args.dev_image),
+            Overlay("prod", args.namespace, args.image),
+        )
+    except RenderError as exc:
+        print(f"bentochain: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    written = write(out, files)
+    print(f"wrote {len(written)} files under {out} (prod overlay from {prod[1]})")
+    print(f"  kubectl apply -k {out / 'overlays' / 'dev'}   # or overlays/prod")
+    return 0
+
+
+def cmd_deploy_bentocloud(args: argparse.Namespace) -> int:
+    """Render the `bentoml deploy -f` file."""
+    from bentochain.deploy.bentocloud import config, dump
+    from bentochain.deploy.kubernetes import RenderError
+
+    settings, path = _deploy_profile(args)
+    try:
+        text = dump(config(settings, path, args.bento))
+    except RenderError as exc:
+        print(f"bentochain: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out} (from {path}); deploy with: bentoml deploy -f {out}")
+    return 0
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -217,6 +273,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sub, func in ((rollout, cmd_rollout), (status, cmd_status)):
         sub.add_argument("--port", type=int, default=3000, help="the serve-split's gateway port")
         sub.set_defaults(func=func)
+    deploy = commands.add_parser(
+        "deploy", help="render what a cluster or BentoCloud runs, from the profiles"
+    ).add_subparsers(dest="target", required=True)
+    k8s = deploy.add_parser("k8s", help="kustomize base + dev and prod overlays")
+    k8s.add_argument("--out", required=True, help="folder to write (deploy/k8s is committed)")
+    k8s.add_argument(
+        "--image", default=DEFAULT_IMAGE, help="the prod overlay's image (built with its profile)"
+    )
+    k8s.add_argument(
+        "--dev-image", default=DEFAULT_DEV_IMAGE, help="the dev overlay's (default profile)"
+    )
+    k8s.add_argument("--namespace", default="bentochain", help="the prod overlay's namespace")
+    k8s.add_argument("--dev-namespace", default="bentochain-dev")
+    k8s.set_defaults(func=cmd_deploy_k8s)
+    cloud = deploy.add_parser("bentocloud", help="the `bentoml deploy -f` file")
+    cloud.add_argument("--out", required=True, help="file to write")
+    cloud.add_argument("--bento", default="bentochain:latest", help="the Bento to deploy")
+    cloud.set_defaults(func=cmd_deploy_bentocloud)
+    for sub in (k8s, cloud):
+        sub.add_argument(
+            "--profile",
+            dest="deploy_profile",
+            help="the production profile (default: configs/production.yaml)",
+        )
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -204,8 +204,8 @@ def cmd_deploy_k8s(args: argparse.Namespace) -> int:
         files = layout(
             base,
             prod,
-            Overlay("dev", args.dev_namespace, args.dev_image),
-            Overlay("prod", args.namespace, args.image),
+            Overlay(args.dev_namespace, args.dev_image),
+            Overlay(args.namespace, args.image),
         )
     except RenderError as exc:
         print(f"bentochain: {exc}", file=sys.stderr)

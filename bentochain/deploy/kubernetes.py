@@ -16,6 +16,7 @@ from typing import Any
 
 from bentochain.config.loader import PROJECT_ROOT
 from bentochain.config.schema import (
+    SERVICE_KEYS,
     LLMSettings,
     ScalingMetric,
     ServiceSettings,
@@ -31,11 +32,12 @@ from bentochain.deploy.placement import (
     spot_pool,
 )
 from bentochain.serving.topology import (
-    CALLEES,
     CANARY_CAPABLE,
+    CHAIN_SERVICES,
     SERVICES,
     callees_of,
     callers_of,
+    discovery_env,
     server_command,
 )
 
@@ -75,7 +77,7 @@ class RenderError(ValueError):
 def component(service: str) -> str:
     if service == "Gateway":
         return "gateway"
-    return "chain" if service.endswith("Chain") else "model"
+    return "chain" if service in CHAIN_SERVICES else "model"
 
 
 def labels(service: str, **more: str) -> dict[str, str]:
@@ -131,8 +133,6 @@ class Plan:
 
 
 def key(service: str) -> str:
-    from bentochain.config.schema import SERVICE_KEYS
-
     return SERVICE_KEYS[service]
 
 
@@ -162,12 +162,9 @@ def caller_env(settings: Settings, service: str) -> list[dict[str, str]]:
     """How ``service`` finds each service it calls: that Service's DNS name, per request."""
     env: list[dict[str, str]] = []
     for callee in callees_of(service):
-        env += [
-            {"name": env_key(callee, "upstream", "dns"), "value": NAMES[callee]},
-            {"name": env_key(callee, "upstream", "port"), "value": str(PORT)},
-            {"name": env_key(callee, "upstream", "replicas"), "value": ""},
-            {"name": env_key(callee, "upstream", "file"), "value": ""},
-        ]
+        found = discovery_env(callee, "dns", NAMES[callee])
+        found[env_key(callee, "upstream", "port")] = str(PORT)
+        env += [{"name": name, "value": value} for name, value in found.items()]
         if callee in CANARY_CAPABLE and settings.canary(callee) is not None:
             canary = f"{NAMES[callee]}-canary"
             env += [
@@ -184,7 +181,7 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
         service, "0.0.0.0", PORT, depends, target=BENTO_PATH, working_dir=None, python="python"
     )
     env = [{"name": "BENTOCHAIN_CONFIG", "value": config}]
-    if service.endswith("Chain"):
+    if service in CHAIN_SERVICES:
         env.append({"name": "BENTOCHAIN_CHAINS__STATE_DIR", "value": STATE_DIR})
     env += caller_env(settings, service)
     canary = settings.canary(service)
@@ -216,7 +213,7 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
     resources = resources_of(p.entry)
     if resources:
         spec["resources"] = resources
-    if service.endswith("Chain"):
+    if service in CHAIN_SERVICES:
         spec["volumeMounts"] = [{"name": "state", "mountPath": STATE_DIR}]
     return spec
 
@@ -266,7 +263,7 @@ def pod_spec(settings: Settings, config: str, p: Plan, track: str, capacity: str
         tolerations += placed.get("tolerations", [])
     if tolerations:
         spec["tolerations"] = tolerations
-    if p.service.endswith("Chain"):
+    if p.service in CHAIN_SERVICES:
         spec["volumes"] = [{"name": "state", "emptyDir": {}}]
     return spec
 
@@ -520,5 +517,3 @@ ADAPTER_SERIES = (
     "bentoml_service_request_in_progress",
 )
 """The series the adapter's rules read: each service's /metrics must expose them."""
-
-__all__ = ["CALLEES", "NAMES", "RenderError", "adapter_rules", "render"]

@@ -33,7 +33,6 @@ every other list in these objects is replaced whole."""
 
 @dataclass(frozen=True)
 class Overlay:
-    name: str
     namespace: str
     image: str
 

@@ -203,14 +203,19 @@ def replica_file(state_dir: Path, service: str) -> Path:
     return state_dir / "replicas" / f"{service}.json"
 
 
+def discovery_env(service: str, source: str, value: str) -> dict[str, str]:
+    """Variables that make callers find ``service`` by ``source`` (file or dns) alone: the
+    profile's other sources are cleared (an empty variable unsets a key)."""
+    found = {env_key(service, "upstream", key): "" for key in ("replicas", "dns", "file")}
+    found[env_key(service, "upstream", source)] = value
+    return found
+
+
 def caller_env(env: Mapping[str, str], state_dir: Path) -> dict[str, str]:
-    """A server's environment: each callee's replicas come from its replica file (what the
-    profile says about DNS names or fixed lists is set aside)."""
+    """A server's environment: each callee's replicas come from its replica file."""
     found = dict(env)
     for service in CALLEES:
-        found[env_key(service, "upstream", "file")] = str(replica_file(state_dir, service))
-        found[env_key(service, "upstream", "dns")] = ""
-        found[env_key(service, "upstream", "replicas")] = ""
+        found.update(discovery_env(service, "file", str(replica_file(state_dir, service))))
     return found
 
 

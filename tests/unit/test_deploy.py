@@ -20,6 +20,7 @@ from bentochain.deploy.kubernetes import (
     NAME_LABEL,
     NAMES,
     QUEUE_METRIC,
+    TRACK_LABEL,
     RenderError,
     config_path,
     render,
@@ -34,6 +35,7 @@ Object = dict[str, Any]
 BASE = load_settings(DEFAULT_PROFILE, environ={})
 PROD = load_settings(PRODUCTION_PROFILE, environ={})
 OVERLAYS = {"dev": BASE, "prod": PROD}
+BUILT = {**OVERLAYS, "canary": PROD}  # canary: a release's first pods, beside prod's
 
 
 def kubectl() -> str:
@@ -60,7 +62,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def built(rendered: Path) -> dict[str, list[Object]]:
-    return {name: build(rendered / "overlays" / name) for name in OVERLAYS}
+    return {name: build(rendered / "overlays" / name) for name in BUILT}
 
 
 def by_kind(objects: list[Object], kind: str) -> dict[str, Object]:
@@ -105,7 +107,7 @@ def test_each_overlay_is_its_profile_rendered_whole(
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+@pytest.mark.parametrize("overlay", sorted(BUILT))
 def test_every_object_is_valid_for_kubernetes(
     built: dict[str, list[Object]], overlay: str, version: str
 ) -> None:
@@ -114,7 +116,8 @@ def test_every_object_is_valid_for_kubernetes(
     for obj in built[overlay]:
         kubernetes_validate.validate(obj, version, strict=True)  # raises what is wrong
     # The same check refuses a field Kubernetes does not know (so it really checks).
-    broken = yaml.safe_load(yaml.safe_dump(by_kind(built[overlay], "Deployment")["llm"]))
+    (llm, *_) = deployments_of(built[overlay], "LLM")
+    broken = yaml.safe_load(yaml.safe_dump(llm))
     broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGett"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, version, strict=True)
@@ -128,11 +131,11 @@ def deployments_of(objects: list[Object], service: str) -> list[Object]:
     ]
 
 
-@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+@pytest.mark.parametrize("overlay", sorted(BUILT))
 def test_pods_run_the_split_command_with_probes_and_a_drain_that_fits(
     built: dict[str, list[Object]], overlay: str
 ) -> None:
-    settings = OVERLAYS[overlay]
+    settings = BUILT[overlay]
     for service in SERVICES:
         for deployment in deployments_of(built[overlay], service):
             pod = deployment["spec"]["template"]["spec"]
@@ -378,3 +381,41 @@ def test_replica_counts_come_from_the_profile_in_both_overlays(
                     high += scaler["spec"]["maxReplicas"]
             scaling = settings.entry(service).scaling
             assert (low, high) == (scaling.min_replicas, scaling.max_replicas), (overlay, service)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_a_release_canary_is_one_pod_per_service_beside_the_stable_ones(
+    built: dict[str, list[Object]],
+) -> None:
+    """`kubectl apply -k overlays/canary` adds one pod of the new image per service; callers'
+    per-request balancing over the headless Service then sends it its share, and no stable
+    Deployment may count it (or it, them) as its own."""
+    prod, canary = built["prod"], by_kind(built["canary"], "Deployment")
+    services, policies = by_kind(prod, "Service"), by_kind(prod, "NetworkPolicy")
+    stable = by_kind(prod, "Deployment")
+    assert canary.keys() == {f"{NAMES[s]}-next" for s in SERVICES}
+    assert [o["kind"] for o in built["canary"]] == ["Deployment"] * len(SERVICES)
+    for service in SERVICES:
+        name = NAMES[service]
+        new = canary[f"{name}-next"]
+        assert new["metadata"]["namespace"] == "bentochain"
+        assert new["spec"]["replicas"] == 1
+        # The release workflow waits on `-l bentochain.dev/track=next` (and `!=next`).
+        assert new["metadata"]["labels"][TRACK_LABEL] == "next"
+        assert stable[name]["metadata"]["labels"][TRACK_LABEL] != "next"
+        pod = new["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert selects(services[name]["spec"]["selector"], labels), service
+        assert selects(policies[f"{name}-ingress"]["spec"]["podSelector"]["matchLabels"], labels)
+        for other in stable.values():
+            other_labels = other["spec"]["template"]["metadata"]["labels"]
+            assert not selects(other["spec"]["selector"]["matchLabels"], labels)
+            assert not selects(new["spec"]["selector"]["matchLabels"], other_labels)
+        # The same server as the stable pods, on on-demand nodes where the service uses spot.
+        same = stable[name]["spec"]["template"]["spec"]
+        assert pod["spec"]["containers"] == same["containers"]
+        assert pod["spec"].get("affinity") == same.get("affinity")
+        assert pod["spec"]["containers"][0]["image"] == DEFAULT_IMAGE

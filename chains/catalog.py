@@ -17,7 +17,7 @@ class ChainSpec:
     description: str
     input_model: type[BaseModel]
     output_model: type[BaseModel]
-    steps: frozenset[str]  # runnables whose ends the stream reports
+    steps: frozenset[str]  # runnables whose ends the stream reports, traced and timed
 
 
 CHAINS: dict[str, ChainSpec] = {
@@ -28,14 +28,14 @@ CHAINS: dict[str, ChainSpec] = {
             "Answers a question from the SQL database: writes, checks and runs a read-only query.",
             SQLQuestion,
             SQLAnswer,
-            frozenset({"schema", "write_sql", "check_and_run", "answer"}),
+            frozenset({"schema", "attempt", "generate", "validate", "execute", "answer"}),
         ),
         ChainSpec(
             "rag",
             "Answers a question from the document folder, citing the chunks it used.",
             RAGQuestion,
             RAGAnswer,
-            frozenset({"retrieve", "answer"}),
+            frozenset({"sync", "retrieve", "answer"}),
         ),
         ChainSpec(
             "translate",

@@ -1,13 +1,15 @@
 """Questions answered from a document store, with the sources cited.
 
-question → retrieve the top-k chunks (``retrieve`` step) → prompt with numbered sources →
-LLM (``answer`` step) → the answer and the sources it was given. The store is any LangChain
+question → bring the store up to date with its documents (``sync`` step, when a ``sync`` is
+given) → retrieve the top-k chunks (``retrieve`` step) → prompt with numbered sources → LLM
+(``answer`` step) → the answer and the sources it was given. The store is any LangChain
 ``VectorStore``; retrieval is always real even when the LLM is a demo model, so ``sources``
 shows what the answer was built from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.documents import Document
@@ -16,6 +18,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.vectorstores import VectorStore
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 NO_SOURCES = "There are no documents to answer from."
@@ -60,18 +63,33 @@ def _sources(found: list[tuple[Document, float]]) -> list[Source]:
 
 
 def build_rag_chain(
-    llm: BaseChatModel, store: VectorStore, *, top_k: int = 4
+    llm: BaseChatModel,
+    store: VectorStore,
+    *,
+    top_k: int = 4,
+    sync: Callable[[], Awaitable[Any]] | None = None,
 ) -> Runnable[Any, RAGAnswer]:
-    """The retrieval QA pipeline over ``store``; input ``{"question": ...}``."""
+    """The retrieval QA pipeline over ``store``; input ``{"question": ...}``. ``sync``, when
+    given, runs first in each run (the store catching up with its document folder)."""
 
     async def search(question: str) -> list[Source]:
-        return _sources(await store.asimilarity_search_with_score(question, k=top_k))
+        found = _sources(await store.asimilarity_search_with_score(question, k=top_k))
+        span = trace.get_current_span()  # the step's, when the run is traced
+        span.set_attribute("bentochain.rag.source_ids", [f"{s.source}#{s.chunk}" for s in found])
+        span.set_attribute("bentochain.rag.scores", [s.score for s in found])
+        return found
 
+    async def bring_up_to_date(_: Any) -> Any:
+        return await sync() if sync is not None else None
+
+    sync_step = RunnableLambda(bring_up_to_date, name="sync")
     retrieve = RunnableLambda(search, name="retrieve")
     answer_step = (llm | StrOutputParser()).with_config(run_name="answer")
 
     async def pipeline(raw: Any, config: RunnableConfig) -> RAGAnswer:
         question = RAGQuestion.model_validate(raw).question
+        if sync is not None:
+            await sync_step.ainvoke(None, config)
         sources = await retrieve.ainvoke(question, config)
         if not sources:
             return RAGAnswer(question=question, answer=NO_SOURCES, sources=[])

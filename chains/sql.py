@@ -5,9 +5,10 @@ execution → answer. A query that fails validation or execution goes back to th
 error, up to ``max_repairs`` times; then the LLM writes a short answer from the rows. When no
 attempt works, the answer says so and lists the attempts: a bad query is an answer, not an error.
 
-Each step is a named runnable (``schema``, ``write_sql``, ``check_and_run``, ``answer``) and
-each attempt is reported as a custom ``attempt`` event, so ``astream_events`` shows the
-pipeline's progress.
+Each step is a named runnable: ``schema``, then per try an ``attempt`` holding ``generate``,
+``validate`` and ``execute``, then ``answer``; each attempt is also reported as a custom
+``attempt`` event, so ``astream_events`` shows the pipeline's progress and LangChain's
+callbacks (the traces) see every step.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from bentochain.sql.database import QueryFailed, QueryResult, ReadOnlyDatabase, Schema
-from bentochain.sql.validation import UnsafeQuery, validate
+from bentochain.sql.validation import UnsafeQuery, ValidatedQuery, validate
 
 NO_QUERY = "I could not produce a valid query for this question."
 ANSWER_ROWS = 20  # rows the answer prompt shows
@@ -89,14 +91,40 @@ def build_sql_chain(
     def read_schema(_: Any) -> Schema:
         return db.schema()
 
-    def check_and_run(attempt: dict[str, Any]) -> QueryResult:
-        query = validate(attempt["sql"], tables=attempt["tables"], dialect=db.dialect)
-        return db.run(query)
+    def check(attempt: dict[str, Any]) -> ValidatedQuery:
+        if not attempt["sql"]:
+            raise UnsafeQuery("the reply held no SQL")
+        return validate(attempt["sql"], tables=attempt["tables"], dialect=db.dialect)
+
+    def execute(query: ValidatedQuery) -> QueryResult:
+        # The step's span is current here (when the run is traced): what ran, and on what.
+        span = trace.get_current_span()
+        span.set_attribute("db.system", db.backend)
+        span.set_attribute("db.statement", query.sql)
+        result = db.run(query)
+        span.set_attribute("db.response.returned_rows", len(result.rows))
+        return result
 
     schema_step = RunnableLambda(read_schema, name="schema")
-    write_sql = (text | RunnableLambda(extract_sql)).with_config(run_name="write_sql")
-    run_step = RunnableLambda(check_and_run, name="check_and_run")
+    generate = (text | RunnableLambda(extract_sql)).with_config(run_name="generate")
+    validate_step = RunnableLambda(check, name="validate")
+    execute_step = RunnableLambda(execute, name="execute")
     answer_step = text.with_config(run_name="answer")
+
+    async def attempt(state: dict[str, Any], config: RunnableConfig) -> tuple[str, Any]:
+        """One try: write the SQL, check it, run it. Its rows, or why it failed."""
+        number = state["number"]
+        span = trace.get_current_span()
+        span.set_attribute("bentochain.attempt", number)
+        span.set_attribute("bentochain.repair", number > 1)
+        sql = await generate.ainvoke(state["messages"], config)
+        try:
+            query = await validate_step.ainvoke({"sql": sql, "tables": state["tables"]}, config)
+            return sql, await execute_step.ainvoke(query, config)
+        except (UnsafeQuery, QueryFailed) as exc:
+            return sql, exc
+
+    attempt_step = RunnableLambda(attempt, name="attempt")
 
     async def pipeline(raw: Any, config: RunnableConfig) -> SQLAnswer:
         question = SQLQuestion.model_validate(raw).question
@@ -107,20 +135,18 @@ def build_sql_chain(
             HumanMessage(question),
         ]
         attempts: list[Attempt] = []
-        for _ in range(max_repairs + 1):
-            sql = await write_sql.ainvoke(messages, config)
-            try:
-                if not sql:
-                    raise UnsafeQuery("the reply held no SQL")
-                result = await run_step.ainvoke({"sql": sql, "tables": schema.names}, config)
-            except (UnsafeQuery, QueryFailed) as exc:
-                attempts.append(Attempt(sql=sql, error=str(exc)))
+        for number in range(1, max_repairs + 2):
+            state = {"number": number, "messages": list(messages), "tables": schema.names}
+            sql, outcome = await attempt_step.ainvoke(state, config)
+            if isinstance(outcome, Exception):
+                attempts.append(Attempt(sql=sql, error=str(outcome)))
                 await adispatch_custom_event("attempt", attempts[-1].model_dump(), config=config)
                 messages += [
                     AIMessage(f"```sql\n{sql}\n```"),
-                    HumanMessage(REPAIR.format(error=exc)),
+                    HumanMessage(REPAIR.format(error=outcome)),
                 ]
                 continue
+            result: QueryResult = outcome
             attempts.append(Attempt(sql=sql))
             await adispatch_custom_event("attempt", attempts[-1].model_dump(), config=config)
             prompt = ANSWER.format(

@@ -13,7 +13,7 @@ from bentochain.serving.startup import profile, quiet_transformers, stored_model
 SETTINGS = profile().embedder
 
 
-@bentoml.service(**service_options("Embedder", SETTINGS))
+@bentoml.service(**service_options(profile(), "Embedder"))
 class Embedder:
     model = stored_model(SETTINGS.model, "embedder.model")
 

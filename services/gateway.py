@@ -10,6 +10,7 @@ from bentochain.api.app import create_app
 from bentochain.api.backends import TargetLang
 from bentochain.engines.encoder import EncodedText
 from bentochain.engines.llm.types import GenerationRequest
+from bentochain.observability.metrics import PrometheusStepMetrics
 from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainEndpoint, ChainRunner, RemoteChain, chain_llm
 from bentochain.serving.options import install_middleware, service_options
@@ -28,7 +29,7 @@ app = create_app(SETTINGS, backends=bentoml.get_current_service)
 
 
 @bentoml.service(
-    **service_options("Gateway", SETTINGS.gateway, enforce_concurrency=False),
+    **service_options(SETTINGS, "Gateway", enforce_concurrency=False),
     runner_probe={"enabled": False},  # replaced by __is_ready__, see bentochain.serving.readiness
 )
 @bentoml.asgi_app(app, path="/")
@@ -55,7 +56,9 @@ class Gateway(Caller):
         self.chains: dict[str, ChainEndpoint] = {
             "sql": RemoteChain(self.calls["SQLChain"], idle_timeout=chains.sql.traffic.timeout),
             "rag": RemoteChain(self.calls["RAGChain"], idle_timeout=chains.rag.traffic.timeout),
-            "translate": ChainRunner("translate", translate, CHAINS["translate"].steps),
+            "translate": ChainRunner(
+                "translate", translate, CHAINS["translate"].steps, metrics=PrometheusStepMetrics()
+            ),
         }
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[str]:

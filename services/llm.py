@@ -8,13 +8,14 @@ from pathlib import Path
 import bentoml
 
 from bentochain.engines.llm.types import GenerationRequest, encode_event
+from bentochain.observability.genai import traced_generation
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 SETTINGS = profile().llm
 
 
-@bentoml.service(**service_options("LLM", SETTINGS))
+@bentoml.service(**service_options(profile(), "LLM"))
 class LLM:
     model = stored_model(SETTINGS.model, "llm.model")
 
@@ -33,7 +34,8 @@ class LLM:
     @bentoml.api
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         """Generation events as NDJSON lines (see ``bentochain.engines.llm.types``)."""
-        async for batch in self.engine.stream_batches(request):
+        batches = self.engine.stream_batches(request)
+        async for batch in traced_generation(request, SETTINGS.served_id, batches):
             yield "".join(encode_event(event) for event in batch)
 
     def current_load(self) -> int:

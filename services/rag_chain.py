@@ -6,6 +6,7 @@ import bentoml
 
 from bentochain.config.loader import project_path
 from bentochain.engines.encoder import EncodedText
+from bentochain.observability.metrics import PrometheusStepMetrics
 from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
 from bentochain.serving.options import install_middleware, service_options
@@ -20,7 +21,7 @@ LLM_SETTINGS = chain_llm_settings(CHAIN.llm, "chains.rag.llm")
 DOCUMENTS = existing_dir(project_path(CHAIN.documents), "chains.rag.documents")
 
 
-@bentoml.service(**service_options("RAGChain", CHAIN), runner_probe={"enabled": False})
+@bentoml.service(**service_options(SETTINGS, "RAGChain"), runner_probe={"enabled": False})
 class RAGChain(ChainService, Caller):
     # Started and packed by BentoML; called through self.calls.
     llm = bentoml.depends(LLM)
@@ -46,9 +47,9 @@ class RAGChain(ChainService, Caller):
             markdown_splitter(CHAIN.chunk_size, CHAIN.chunk_overlap),
         )
         model = chain_llm(SETTINGS, "rag", LLM_SETTINGS, self.calls["LLM"])
-        chain = build_rag_chain(model, store, top_k=CHAIN.top_k)
+        chain = build_rag_chain(model, store, top_k=CHAIN.top_k, sync=self.index.ensure_synced)
         self.runner = ChainRunner(
-            "rag", chain, CHAINS["rag"].steps, prepare=self.index.ensure_synced
+            "rag", chain, CHAINS["rag"].steps, metrics=PrometheusStepMetrics()
         )
 
     async def encode(self, texts: list[str]) -> list[EncodedText]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bentoml
 
+from bentochain.observability.metrics import PrometheusStepMetrics
 from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainRunner, ChainService, chain_llm
 from bentochain.serving.options import install_middleware, service_options
@@ -16,7 +17,7 @@ CHAIN = SETTINGS.chains.sql
 LLM_SETTINGS = chain_llm_settings(CHAIN.llm, "chains.sql.llm")
 
 
-@bentoml.service(**service_options("SQLChain", CHAIN), runner_probe={"enabled": False})
+@bentoml.service(**service_options(SETTINGS, "SQLChain"), runner_probe={"enabled": False})
 class SQLChain(ChainService, Caller):
     llm = bentoml.depends(LLM)  # started and packed by BentoML; called through self.calls
 
@@ -40,7 +41,9 @@ class SQLChain(ChainService, Caller):
         self.calls = dependencies(SETTINGS, (LLM,))
         model = chain_llm(SETTINGS, "sql", LLM_SETTINGS, self.calls["LLM"])
         chain = build_sql_chain(model, self.db, max_repairs=CHAIN.max_repairs)
-        self.runner = ChainRunner("sql", chain, CHAINS["sql"].steps)
+        self.runner = ChainRunner(
+            "sql", chain, CHAINS["sql"].steps, metrics=PrometheusStepMetrics()
+        )
 
 
 install_middleware(SQLChain, SETTINGS)

@@ -14,7 +14,7 @@ from bentochain.serving.startup import profile, quiet_transformers, stored_model
 def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
     settings = getattr(profile().translators, lang)
 
-    @bentoml.service(**service_options(name, settings))
+    @bentoml.service(**service_options(profile(), name))
     class Translator:
         model = stored_model(settings.model, f"translators.{lang}.model")
 

@@ -563,6 +563,36 @@ class DeploySettings(Section):
     bentocloud: BentoCloudSettings = BentoCloudSettings()
 
 
+class TracingSettings(Section):
+    """OpenTelemetry traces, through BentoML's own tracer, exported over OTLP/HTTP.
+
+    The standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``,
+    ``OTEL_SDK_DISABLED``...) win over these keys, as in any OpenTelemetry SDK.
+    """
+
+    enabled: bool | None = Field(
+        None,
+        description="on or off; default: on when an OTLP endpoint is set (here or in OTEL_*)",
+    )
+    endpoint: str | None = Field(
+        None,
+        description=(
+            "OTLP/HTTP collector, e.g. http://otel-collector:4318 (spans go to <endpoint>"
+            "/v1/traces); with tracing on and none set: http://localhost:4318"
+        ),
+    )
+    sample_rate: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of new traces kept; a request with a traceparent keeps its caller's",
+    )
+
+
+class Observability(Section):
+    tracing: TracingSettings = TracingSettings()
+
+
 class Settings(BaseSettings):
     """A whole profile: one entry per service."""
 
@@ -580,6 +610,7 @@ class Settings(BaseSettings):
     chains: Chains = Chains()
     shutdown: Shutdown = Shutdown()
     deploy: DeploySettings = DeploySettings()
+    observability: Observability = Observability()
 
     def entry(self, service: str) -> ServiceSettings:
         """The profile entry of a BentoML service (``LLM`` → ``llm``)."""

@@ -200,3 +200,37 @@ class PrometheusUpstreamMetrics:
 
     def load(self, replica: str, version: str, load: float) -> None:
         self._load.labels(service=self.service, replica=replica, version=version).set(load)
+
+
+STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@functools.cache
+def _step_families() -> tuple[Any, Any]:
+    import bentoml
+
+    duration = bentoml.metrics.Histogram(
+        name="bentochain_chain_step_duration_seconds",
+        documentation="Time a named step of a chain run took (failed runs of it included).",
+        labelnames=["chain", "step"],
+        buckets=STEP_BUCKETS,
+    )
+    errors = bentoml.metrics.Counter(
+        name="bentochain_chain_step_errors",
+        documentation="Named steps of chain runs that raised (a refused query in 'validate'...).",
+        labelnames=["chain", "step"],
+    )
+    return duration, errors
+
+
+class PrometheusStepMetrics:
+    """``StepMetrics`` as ``bentochain_chain_step_duration_seconds{chain,step}`` and
+    ``bentochain_chain_step_errors_total{chain,step}``."""
+
+    def __init__(self) -> None:
+        self._duration, self._errors = _step_families()
+
+    def step(self, chain: str, step: str, seconds: float, failed: bool) -> None:
+        self._duration.labels(chain=chain, step=step).observe(seconds)
+        if failed:
+            self._errors.labels(chain=chain, step=step).inc()

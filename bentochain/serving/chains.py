@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -26,6 +26,7 @@ from bentochain.config.schema import ChainLLM, Settings
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.llms.bento import LLMServiceError
 from bentochain.llms.resilience import AllProvidersFailed, ResilientChatModel
+from bentochain.observability.chains import ChainTelemetry, StepMetrics
 from bentochain.serving.upstream import Upstream, UpstreamError
 from bentochain.serving.upstream.routing import run_scope
 
@@ -98,8 +99,8 @@ def _step_output(value: Any) -> Any:
 
 
 class ChainRunner:
-    """One chain, run for callers that speak JSON; ``prepare`` runs before each run (the RAG
-    chain syncs its documents there)."""
+    """One chain, run for callers that speak JSON. Every run reports to LangChain callbacks
+    that trace its named steps and time them on ``/metrics``."""
 
     def __init__(
         self,
@@ -107,19 +108,22 @@ class ChainRunner:
         runnable: Runnable[Any, Any],
         steps: frozenset[str],
         *,
-        prepare: Callable[[], Awaitable[Any]] | None = None,
+        metrics: StepMetrics | None = None,
     ) -> None:
         self.name = name
         self.runnable = runnable
         self.steps = steps
-        self.prepare = prepare
+        self.metrics = metrics
+
+    def _config(self, config: RunConfig, run_id: str) -> RunnableConfig:
+        runnable = config.runnable(run_id)
+        runnable["callbacks"] = [ChainTelemetry(self.name, self.steps, self.metrics)]
+        return runnable
 
     async def invoke(self, input: Mapping[str, Any], config: RunConfig, run_id: str) -> Any:
         try:
-            if self.prepare is not None:
-                await self.prepare()
             with run_scope():
-                output = await self.runnable.ainvoke(dict(input), config.runnable(run_id))
+                output = await self.runnable.ainvoke(dict(input), self._config(config, run_id))
             return jsonable(output)
         except Exception as exc:
             raise chain_error(exc, self.name) from exc
@@ -146,10 +150,8 @@ class ChainRunner:
 
         A stream is one run per request: the request's scope keeps its versions."""
         try:
-            if self.prepare is not None:
-                await self.prepare()
             async for event in self.runnable.astream_events(
-                dict(input), config.runnable(run_id), version="v2"
+                dict(input), self._config(config, run_id), version="v2"
             ):
                 kind, name = event["event"], event["name"]
                 if kind == "on_custom_event":

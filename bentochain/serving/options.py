@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from bentochain.config.schema import ServiceSettings, Settings
+from bentochain.config.schema import Settings
 
 
 def service_options(
-    name: str, settings: ServiceSettings, *, enforce_concurrency: bool = True
+    profile: Settings,
+    name: str,
+    *,
+    enforce_concurrency: bool = True,
+    environ: Mapping[str, str] = os.environ,
 ) -> dict[str, Any]:
-    """BentoML service configuration for one profile entry.
+    """BentoML service configuration for service ``name`` of ``profile``; exits naming the
+    variable when the tracing settings cannot be used.
 
     ``enforce_concurrency=False`` leaves ``max_concurrency`` to the service itself (the gateway
     answers overload in OpenAI's error shape instead of BentoML's).
     """
+    from bentochain.observability.tracing import TracingConfigError, bentoml_tracing, resolve
+    from bentochain.serving.startup import refuse_start
+
+    settings = profile.entry(name)
     traffic: dict[str, Any] = {
         "timeout": settings.traffic.timeout,
         # BentoCloud's autoscaler scales on in-flight requests per replica.
@@ -31,6 +42,12 @@ def service_options(
             "access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics", "/load"]}
         },
     }
+    try:
+        export = resolve(profile.observability.tracing, environ)
+    except TracingConfigError as exc:
+        refuse_start(f"bentochain: tracing: {exc}")
+    if export is not None:
+        options["tracing"] = bentoml_tracing(export)
     resources = settings.resources.model_dump(exclude_none=True)
     if resources:
         options["resources"] = resources
@@ -40,11 +57,17 @@ def service_options(
 
 
 def install_middleware(service: Any, settings: Settings) -> Any:
-    """What every service runs in front of its APIs: drain on SIGTERM and ``/load``, then the
-    request's versions (canary pinning). Returns ``service``."""
+    """What every service runs in front of its APIs: the request's id and trace headers, drain
+    on SIGTERM and ``/load``, then the request's versions (canary pinning). Returns
+    ``service``."""
+    from bentochain.observability.context import RequestContext
+    from bentochain.observability.tracing import keep_service_names, resolve
     from bentochain.serving.drain import DrainMiddleware
     from bentochain.serving.upstream.routing import RoutingMiddleware
 
+    keep_service_names()
+    export = resolve(settings.observability.tracing, os.environ)  # checked by service_options
+    service.add_asgi_middleware(RequestContext, export=export)
     service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))
     service.add_asgi_middleware(RoutingMiddleware)
     return service

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 EXIT_BAD_PROFILE = 2
 
 
-def _stop(message: str) -> NoReturn:
+def refuse_start(message: str) -> NoReturn:
     print(message, file=sys.stderr, flush=True)
     raise SystemExit(EXIT_BAD_PROFILE)
 
@@ -35,7 +35,7 @@ def profile() -> Settings:
     try:
         return get_settings()
     except ProfileError as exc:
-        _stop(str(exc))
+        refuse_start(str(exc))
 
 
 def stored_model(ref: ModelRef, key: str) -> bentoml.models.BentoModel:
@@ -47,7 +47,7 @@ def stored_model(ref: ModelRef, key: str) -> bentoml.models.BentoModel:
     try:
         require(ref, key)
     except ModelNotPrepared as exc:
-        _stop(f"bentochain: {exc}")
+        refuse_start(f"bentochain: {exc}")
     return bentoml.models.BentoModel(store_tag(ref))
 
 
@@ -68,14 +68,14 @@ def chain_llm_settings(llm: ChainLLM, where: str) -> ChainLLM:
     try:
         check_keys(llm, os.environ, where)
     except ProviderConfigError as exc:
-        _stop(f"bentochain: {exc}")
+        refuse_start(f"bentochain: {exc}")
     return llm
 
 
 def existing_dir(path: Path, key: str) -> Path:
     """A folder the profile names; exits naming the key when it does not exist."""
     if not path.is_dir():
-        _stop(f"bentochain: {key}: folder {path} does not exist")
+        refuse_start(f"bentochain: {key}: folder {path} does not exist")
     return path
 
 
@@ -105,7 +105,7 @@ def dependencies(settings: Settings, services: Iterable[Any]) -> dict[str, Upstr
                 base=project_path,
             )
         except UpstreamConfigError as exc:
-            _stop(f"bentochain: {exc}")
+            refuse_start(f"bentochain: {exc}")
         upstreams[name] = Upstream(
             name,
             service,

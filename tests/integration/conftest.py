@@ -19,6 +19,7 @@ import pytest
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
 from bentochain.serving.topology import SplitTopology, composed_server, free_port
 from bentochain.sql.demo import SCHEMA, build_shop
+from tests.support.otlp import Collector, otlp_collector
 from tests.support.system import postgres_server
 
 pytestmark = pytest.mark.integration
@@ -27,8 +28,16 @@ START_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="session")
-def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment of every test server: its own model store, the tiny LLM, long generations."""
+def collector() -> Iterator[Collector]:
+    """The OTLP/HTTP receiver every test server sends its spans to."""
+    with otlp_collector() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def served_env(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> dict[str, str]:
+    """Environment of every test server: its own model store, the tiny LLM, long generations,
+    traces sent to ``collector`` (in batches a tenth of a second apart)."""
     home = tmp_path_factory.mktemp("bentoml-home")
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("BENTOCHAIN_")}
     env.update(
@@ -43,6 +52,8 @@ def served_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "BENTOCHAIN_LLM__BATCHING__MAX_LATENCY_MS": "20000",
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOCHAIN_CHAINS__STATE_DIR": str(home / "state"),  # not the checkout's var/
+            "BENTOCHAIN_OBSERVABILITY__TRACING__ENDPOINT": collector.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
     )
     subprocess.run(

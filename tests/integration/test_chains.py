@@ -87,7 +87,7 @@ def test_batch_and_stream(gateway: Server) -> None:
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "metadata" and kinds[-2:] == ["output", "end"]
     steps = [data["name"] for kind, data in events if kind == "step"]
-    assert steps[0] == "schema" and "write_sql" in steps
+    assert steps[0] == "schema" and "generate" in steps
     attempts = [data for kind, data in events if kind == "attempt"]
     assert attempts == events[-2][1]["attempts"]
 

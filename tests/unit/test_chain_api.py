@@ -123,16 +123,19 @@ def test_stream_reports_each_step_and_attempt_then_the_output(
     assert kinds == [
         "metadata",
         "step:schema",
-        "step:write_sql",
+        "step:generate",  # the refused query: `validate` raised, so it reports no end
+        "step:attempt",
         "attempt",
-        "step:write_sql",
-        "step:check_and_run",
+        "step:generate",
+        "step:validate",
+        "step:execute",
+        "step:attempt",
         "attempt",
         "step:answer",
         "output",
         "end",
     ]
-    assert "invoices" in events[3][1]["error"]
+    assert "invoices" in events[4][1]["error"]
     assert [t["name"] for t in events[1][1]["output"]["tables"]] == [
         "customers",
         "order_items",
@@ -222,10 +225,7 @@ def test_rag_invoke_cites_the_document_it_found(tmp_path: Path, embedder_dir: Pa
     index = FolderIndex(PROJECT_ROOT / "data" / "docs", store, markdown_splitter(800, 100))
     llm = FakeListChatModel(responses=["Free above 60 euros [1]."])
     runner = ChainRunner(
-        "rag",
-        build_rag_chain(llm, store, top_k=3),
-        CHAINS["rag"].steps,
-        prepare=index.ensure_synced,
+        "rag", build_rag_chain(llm, store, top_k=3, sync=index.ensure_synced), CHAINS["rag"].steps
     )
     body = {"input": {"question": "How much does shipping cost in France?"}}
     response = call(app_with(rag=runner), "POST", "/chains/rag/invoke", json=body)

@@ -158,7 +158,7 @@ def test_every_problem_is_listed_once(tmp_path: Path) -> None:
 
 def test_service_options_carry_the_profile_to_bentoml() -> None:
     settings = load_settings(DEFAULT_PROFILE, {"BENTOCHAIN_LLM__RESOURCES__MEMORY": "4Gi"})
-    options = service_options("LLM", settings.llm)
+    options = service_options(settings, "LLM")
     assert options["name"] == "LLM"
     assert options["traffic"]["timeout"] == settings.llm.traffic.timeout
     assert options["traffic"]["max_concurrency"] == settings.llm.traffic.max_concurrency
@@ -166,7 +166,7 @@ def test_service_options_carry_the_profile_to_bentoml() -> None:
     assert options["resources"] == {"memory": "4Gi"}
     # The connection-recycling trap: callers must not recycle connections under load.
     assert options["runner_connection"]["max_requests"] >= 1_000_000
-    gateway = service_options("Gateway", settings.gateway, enforce_concurrency=False)
+    gateway = service_options(settings, "Gateway", enforce_concurrency=False)
     assert "max_concurrency" not in gateway["traffic"]
 
 
@@ -191,7 +191,7 @@ def test_env_overrides_keep_the_case_of_environment_names(tmp_path: Path) -> Non
         {"BENTOCHAIN_EMBEDDER__ENV__OMP_NUM_THREADS": "1", "BENTOCHAIN_LLM__ENV__HF_HOME": "/hf"},
     )
     assert settings.embedder.env == {"OMP_NUM_THREADS": "1"}
-    options = service_options("LLM", settings.llm)
+    options = service_options(settings, "LLM")
     assert options["envs"] == [{"name": "HF_HOME", "value": "/hf"}]
 
 

@@ -29,6 +29,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bentochain.config.schema import Connection, UpstreamSettings
+from bentochain.observability import context
 from bentochain.serving.upstream import routing
 from bentochain.serving.upstream.balancing import STRATEGIES, Balancer, SmoothWeighted
 from bentochain.serving.upstream.discovery import Discovery, Membership
@@ -347,7 +348,11 @@ class Upstream:
     ) -> tuple[_Opened | None, UpstreamError | None]:
         client = self._client(replica.url)
         endpoint = client.endpoints[api]
-        headers: dict[str, str] = {"Content-Type": client.media_type, **routing.outgoing()}
+        headers: dict[str, str] = {
+            "Content-Type": client.media_type,
+            **routing.outgoing(),
+            **context.outgoing(),
+        }
         if replica.draining:
             headers[LAST_RESORT_HEADER] = "1"
         replica.started()

@@ -15,7 +15,12 @@ from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainEndpoint, ChainRunner, RemoteChain, chain_llm
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.shutdown import stop_callers_first
-from bentochain.serving.startup import chain_llm_settings, dependencies, profile
+from bentochain.serving.startup import (
+    chain_llm_settings,
+    dependencies,
+    profile,
+    quality_recorder,
+)
 from chains.catalog import CHAINS
 from services.embedder import Embedder
 from services.llm import LLM
@@ -25,7 +30,8 @@ from services.translator import TranslatorES, TranslatorFR
 
 SETTINGS = profile()
 TRANSLATE_LLM = chain_llm_settings(SETTINGS.chains.translate, "chains.translate")
-app = create_app(SETTINGS, backends=bentoml.get_current_service)
+RECORDS = quality_recorder(SETTINGS)
+app = create_app(SETTINGS, backends=bentoml.get_current_service, recorder=RECORDS)
 
 
 @bentoml.service(
@@ -75,6 +81,11 @@ class Gateway(Caller):
 
     def chain(self, name: str) -> ChainEndpoint:
         return self.chains[name]
+
+    @bentoml.on_shutdown
+    def close_records(self) -> None:
+        if RECORDS is not None:
+            RECORDS.close()  # what is queued is written
 
 
 install_middleware(Gateway, SETTINGS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,12 +30,15 @@ from bentochain.api.generation import (
     sse_stream,
 )
 from bentochain.api.limits import BodySizeLimit, ConcurrencyLimit
+from bentochain.api.recording import RecordingMiddleware, note_model
 from bentochain.api.registry import ModelRegistry
 from bentochain.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
+    FeedbackAccepted,
+    FeedbackRequest,
     ModelCard,
     ModelList,
     TranslateRequest,
@@ -42,6 +46,7 @@ from bentochain.api.schemas import (
 )
 from bentochain.config.schema import Limits, Settings
 from bentochain.engines.encoder import EncodedText
+from bentochain.observability.records import FeedbackRecord, Recorder, Usage
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -76,8 +81,11 @@ def _check_texts(texts: list[str], limits: Limits, param: str, *, allow_empty: b
             )
 
 
-def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
-    """The gateway app for ``settings``; ``backends()`` gives the model services per request."""
+def create_app(
+    settings: Settings, backends: Callable[[], Backends], recorder: Recorder | None = None
+) -> FastAPI:
+    """The gateway app for ``settings``; ``backends()`` gives the model services per request;
+    with a ``recorder``, requests become quality records (sampled as the profile says)."""
     registry = ModelRegistry(settings)
     limits = settings.gateway.limits
     max_tokens_limit = settings.llm.generation.max_tokens_limit
@@ -91,6 +99,9 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
     install_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ConcurrencyLimit, limit=settings.gateway.traffic.max_concurrency)
+    if recorder is not None:  # outermost: refused requests are recorded too
+        sample_rate = settings.observability.records.sample_rate
+        app.add_middleware(RecordingMiddleware, recorder=recorder, sample_rate=sample_rate)
 
     def check_generation(prompt_chars: int, max_tokens: int | None, param: str) -> None:
         if prompt_chars > limits.max_input_chars:
@@ -121,6 +132,7 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
+        record = note_model(model.id)
         check_generation(
             sum(len(m.text()) for m in request.messages), request.token_budget(), "messages"
         )
@@ -128,11 +140,17 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
         if request.stream:
             body = sse_stream("chat", model.id, stream, request.include_usage())
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
-        return JSONResponse(chat_response(model.id, await collect(stream)))
+        result = await collect(stream)
+        if record is not None:
+            record.generated(
+                [result.text], result.finish_reason, result.prompt_tokens, result.completion_tokens
+            )
+        return JSONResponse(chat_response(model.id, result))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: CompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
+        record = note_model(model.id)
         check_generation(max(len(p) for p in request.prompts()), request.max_tokens, "prompt")
         if len(request.prompts()) > limits.max_inputs:
             raise _too_large("'prompt'", limits.max_inputs, "prompts", "prompt")
@@ -146,11 +164,19 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
             return await collect(await open_stream(backends().generate, generation))
 
         results = await asyncio.gather(*(run(g) for g in generations))
+        if record is not None:
+            record.generated(
+                [r.text for r in results],
+                results[0].finish_reason if len(results) == 1 else None,
+                sum(r.prompt_tokens for r in results),
+                sum(r.completion_tokens for r in results),
+            )
         return JSONResponse(completion_response(model.id, list(results)))
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(request: EmbeddingRequest) -> JSONResponse:
         model = registry.for_task(request.model, "embedding")
+        record = note_model(model.id)
         texts = request.texts()
         _check_texts(texts, limits, "input", allow_empty=False)
         try:
@@ -167,6 +193,9 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
                 param="dimensions",
             )
         tokens = sum(e.tokens for e in encoded)
+        if record is not None:
+            record.output = {"embeddings": [e.floats() for e in encoded]}
+            record.usage = Usage(prompt_tokens=tokens)
         # Built as plain JSON: validating hundreds of floats per text again costs more than
         # the rest of the request.
         return JSONResponse(
@@ -189,13 +218,34 @@ def create_app(settings: Settings, backends: Callable[[], Backends]) -> FastAPI:
     async def translate(request: TranslateRequest) -> TranslateResponse:
         _check_texts(request.texts, limits, "texts", allow_empty=True)
         model = registry.translator(request.target_lang)
+        record = note_model(model.id)
         try:
             translations = await backends().translate(request.target_lang, request.texts)
         except Exception as exc:
             raise upstream_error(exc, f"Translator{request.target_lang.upper()}") from exc
+        if record is not None:
+            record.texts = translations
         return TranslateResponse(translations=translations, model=model.id)
 
     app.include_router(chain_router(backends, limits))
+
+    @app.post("/v1/feedback", response_model=FeedbackAccepted)
+    async def feedback(request: FeedbackRequest) -> FeedbackAccepted:
+        if recorder is None:
+            raise APIError(
+                404,
+                "Feedback is not recorded here: observability.records.enabled is false.",
+                code="unknown_url",
+            )
+        recorder.submit(
+            FeedbackRecord(
+                request_id=request.request_id,
+                time=datetime.now(UTC),
+                score=request.score,
+                comment=request.comment,
+            )
+        )
+        return FeedbackAccepted(request_id=request.request_id)
 
     known_paths = {getattr(route, "path", None) for route in app.routes}
 

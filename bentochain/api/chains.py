@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bentochain.api.backends import Backends, upstream_error
 from bentochain.api.errors import APIError, validation_message
+from bentochain.api.recording import note_model
 from bentochain.config.schema import Limits
 from bentochain.serving.chains import ChainError, RunConfig
 from chains.catalog import CHAINS, ChainSpec
@@ -104,6 +105,7 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
     @router.post("/{name}/invoke")
     async def invoke(name: str, request: Request) -> JSONResponse:
         spec = _spec(name)
+        record = note_model(name)
         body = await _body(request, InvokeRequest)
         value = _check_input(spec, body.input, "input")
         run_id = str(uuid.uuid4())
@@ -111,11 +113,14 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
             output = await backends().chain(name).invoke(value, body.config, run_id)
         except Exception as exc:
             raise _failure(exc, spec) from exc
+        if record is not None:
+            record.chain_output(output)
         return JSONResponse({"output": output, "metadata": {"run_id": run_id}})
 
     @router.post("/{name}/batch")
     async def batch(name: str, request: Request) -> JSONResponse:
         spec = _spec(name)
+        record = note_model(name)
         body = await _body(request, BatchRequest)
         if len(body.inputs) > limits.max_inputs:
             raise APIError(
@@ -131,11 +136,14 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
             outputs = await backends().chain(name).batch(values, body.config, run_ids)
         except Exception as exc:
             raise _failure(exc, spec) from exc
+        if record is not None:
+            record.output = {"chains": outputs}
         return JSONResponse({"outputs": outputs, "metadata": {"run_ids": run_ids}})
 
     @router.post("/{name}/stream")
     async def stream(name: str, request: Request) -> StreamingResponse:
         spec = _spec(name)
+        record = note_model(name)
         body = await _body(request, InvokeRequest)
         value = _check_input(spec, body.input, "input")
         run_id = str(uuid.uuid4())
@@ -147,9 +155,16 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
                 try:
                     async for event in events:
                         kind = event.pop("event")
-                        yield _sse(kind, event.get("data", event))
+                        data = event.get("data", event)
+                        if record is not None and kind == "output":
+                            record.chain_output(data)
+                        elif record is not None and kind == "error":
+                            record.error = str(data.get("message"))
+                        yield _sse(kind, data)
                 except Exception as exc:
                     error = _failure(exc, spec)
+                    if record is not None:
+                        record.error = error.message
                     yield _sse("error", {"status": error.status, "message": error.message})
                 yield _sse("end", {})
             finally:

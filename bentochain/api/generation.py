@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from bentochain.api.backends import upstream_error
 from bentochain.api.errors import APIError
+from bentochain.api.recording import draft
 from bentochain.api.schemas import ChatCompletionRequest, CompletionRequest, Usage
 from bentochain.engines.llm.events import (
     GenerationBroken,
@@ -98,10 +99,13 @@ class Generated:
 async def collect(stream: OpenedGeneration) -> Generated:
     """Run a generation to its end (non-streaming responses)."""
     pieces: list[str] = []
+    record = draft()
     try:
         async with aclosing(stream.events) as events:
             async for event in events:
                 if isinstance(event, Delta):
+                    if record is not None:
+                        record.first_token()
                     pieces.append(event.text)
                 elif isinstance(event, Finished):
                     return Generated(
@@ -202,6 +206,8 @@ async def sse_stream(
             body["usage"] = None
         return body
 
+    record = draft()
+    pieces: list[str] = []
     if kind == "chat":
         yield _sse(chunk("", None, first=True))
     try:
@@ -209,8 +215,18 @@ async def sse_stream(
         async with aclosing(stream.events) as events:
             async for event in events:
                 if isinstance(event, Delta):
+                    if record is not None:
+                        record.first_token()
+                        pieces.append(event.text)
                     yield _sse(chunk(event.text, None))
                 elif isinstance(event, Finished):
+                    if record is not None:
+                        record.generated(
+                            ["".join(pieces)],
+                            event.finish_reason,
+                            event.prompt_tokens,
+                            event.completion_tokens,
+                        )
                     yield _sse(chunk(None if kind == "chat" else "", event.finish_reason))
                     if include_usage:
                         yield _sse(
@@ -226,10 +242,14 @@ async def sse_stream(
                     yield _sse("[DONE]")
                     return
                 elif isinstance(event, Failed):
+                    if record is not None:
+                        record.error = event.message
                     yield _sse(_refusal(event).body())
                     return
         error = APIError(502, "The LLM service stopped before the generation finished.")
     except Exception as exc:
         logger.warning("stream from the LLM service failed: %r", exc)
         error = upstream_error(exc, "LLM")
+    if record is not None:
+        record.error = error.message
     yield _sse(error.body())

@@ -219,3 +219,17 @@ class EmbeddingResponse(BaseModel):
 class TranslateResponse(BaseModel):
     translations: list[str]
     model: str
+
+
+class FeedbackRequest(_Request):
+    request_id: str = Field(
+        min_length=1, max_length=128, description="the x-request-id of the answer rated"
+    )
+    score: float = Field(ge=0.0, le=1.0, description="0 (bad) to 1 (good); a thumbs up is 1")
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackAccepted(BaseModel):
+    object: Literal["feedback"] = "feedback"
+    request_id: str
+    recorded: bool = True

@@ -589,8 +589,31 @@ class TracingSettings(Section):
     )
 
 
+class RecordsSettings(Section):
+    """Quality records: every request the gateway answers, as one JSON line."""
+
+    enabled: bool = True
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="share of requests recorded")
+    dir: str = Field(
+        "var/records", description="where the files go (relative: to the project folder)"
+    )
+    max_bytes: PositiveInt = Field(50 * 2**20, description="a file's size before it rotates")
+    backups: NonNegativeInt = Field(5, description="rotated files kept per worker")
+    queue_size: PositiveInt = Field(
+        10_000, description="records waiting for the disk; past this they are dropped, counted"
+    )
+    redact: tuple[str, ...] = Field(
+        (),
+        description=(
+            "dotted paths replaced by their size, lists walked into, e.g. "
+            "input.messages.content, output.texts, output.embeddings"
+        ),
+    )
+
+
 class Observability(Section):
     tracing: TracingSettings = TracingSettings()
+    records: RecordsSettings = RecordsSettings()
 
 
 class Settings(BaseSettings):

@@ -10,6 +10,7 @@ served model's id as ``model``.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -234,3 +235,40 @@ class PrometheusStepMetrics:
         self._duration.labels(chain=chain, step=step).observe(seconds)
         if failed:
             self._errors.labels(chain=chain, step=step).inc()
+
+
+class PrometheusRecordMetrics:
+    """``RecordMetrics`` as ``bentochain_records_written_total`` and
+    ``bentochain_records_dropped_total{reason}`` (queue_full: the disk is slow; write_error:
+    it is full or read-only). Created at import (the writer is the gateway app's), so the
+    series are made on first use, in a worker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # first used by the writer thread or a request
+
+    @functools.cached_property
+    def _families(self) -> tuple[Any, Any]:
+        with self._lock:
+            return _record_families()
+
+    def written(self) -> None:
+        self._families[0].inc()
+
+    def dropped(self, reason: str) -> None:
+        self._families[1].labels(reason=reason).inc()
+
+
+@functools.cache
+def _record_families() -> tuple[Any, Any]:
+    import bentoml
+
+    written = bentoml.metrics.Counter(
+        name="bentochain_records_written",
+        documentation="Quality records written to disk.",
+    )
+    dropped = bentoml.metrics.Counter(
+        name="bentochain_records_dropped",
+        documentation="Quality records lost, by reason: queue_full or write_error.",
+        labelnames=["reason"],
+    )
+    return written, dropped

@@ -20,6 +20,7 @@ from bentochain.models.store import ModelNotPrepared, store_tag
 if TYPE_CHECKING:
     import bentoml
 
+    from bentochain.observability.records import RecordWriter
     from bentochain.serving.upstream import Upstream
 
 EXIT_BAD_PROFILE = 2
@@ -116,3 +117,26 @@ def dependencies(settings: Settings, services: Iterable[Any]) -> dict[str, Upstr
             metrics=PrometheusUpstreamMetrics(name),
         )
     return upstreams
+
+
+def quality_recorder(settings: Settings) -> RecordWriter | None:
+    """This worker's writer of quality records (``records.<worker>.jsonl`` in the profile's
+    folder), counted on ``/metrics``; None when the profile turns records off."""
+    import bentoml
+
+    from bentochain.config.loader import project_path
+    from bentochain.observability.metrics import PrometheusRecordMetrics
+    from bentochain.observability.records import RecordWriter
+
+    records = settings.observability.records
+    if not records.enabled:
+        return None
+    return RecordWriter(
+        project_path(records.dir),
+        f"records.{bentoml.server_context.worker_index or 0}",
+        max_bytes=records.max_bytes,
+        backups=records.backups,
+        queue_size=records.queue_size,
+        redact_paths=records.redact,
+        metrics=PrometheusRecordMetrics(),
+    )

@@ -25,6 +25,7 @@ from tests.support.system import postgres_server
 pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 300.0
+RECORDS_DIR = "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR"
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +54,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOCHAIN_CHAINS__STATE_DIR": str(home / "state"),  # not the checkout's var/
             "BENTOCHAIN_OBSERVABILITY__TRACING__ENDPOINT": collector.endpoint,
+            RECORDS_DIR: str(home / "records"),  # each server of its own: see the fixtures
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
     )
@@ -70,6 +72,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -
 class Server:
     url: str
     log: Path
+    records: Path  # the gateway's quality records
     services: dict[str, str] = field(default_factory=dict)  # split topology: each server's URL
 
     @property
@@ -82,9 +85,10 @@ def composed(
     served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """``bentochain serve``: the whole Bento under one ``bentoml serve``."""
-    log = tmp_path_factory.mktemp("composed") / "serve.log"
-    with composed_server(log, env=served_env, timeout=START_TIMEOUT) as url:
-        yield Server(url, log)
+    folder = tmp_path_factory.mktemp("composed")
+    env = {**served_env, RECORDS_DIR: str(folder / "records")}
+    with composed_server(folder / "serve.log", env=env, timeout=START_TIMEOUT) as url:
+        yield Server(url, folder / "serve.log", folder / "records")
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +96,11 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     """One server per service, the Gateway pointed at the others by URL (``--depends``)."""
     logs = tmp_path_factory.mktemp("split")
     port = free_port()
-    topology = SplitTopology(port=port, env=served_env, log_dir=logs)
+    env = {**served_env, RECORDS_DIR: str(logs / "records")}
+    topology = SplitTopology(port=port, env=env, log_dir=logs)
     topology.start(timeout=START_TIMEOUT)
-    yield Server(topology.urls["Gateway"], logs / f"Gateway-{port}.log", dict(topology.urls))
+    log = logs / f"Gateway-{port}.log"
+    yield Server(topology.urls["Gateway"], log, logs / "records", dict(topology.urls))
     topology.stop()
 
 

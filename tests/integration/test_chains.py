@@ -15,7 +15,7 @@ import pytest
 
 from bentochain.serving.topology import composed_server
 from chains.sql import NO_QUERY
-from tests.integration.conftest import Server
+from tests.integration.conftest import RECORDS_DIR, Server
 from tests.support.standin import Script, stand_in
 from tests.unit.test_chain_api import sse_events
 
@@ -136,9 +136,10 @@ def test_env_vars_switch_the_sql_chain_to_postgres_and_an_openai_server(
             "BENTOCHAIN_CHAINS__SQL__LLM__API_KEY_ENV": "SQL_LLM_KEY",
             "SQL_LLM_KEY": "sk-test-key",
             "BENTOCHAIN_CHAINS__CACHE__BACKEND": "none",
+            RECORDS_DIR: str(tmp_path / "records"),
         }
         with composed_server(tmp_path / "serve.log", env=env, timeout=300) as url:
-            server = Server(url, tmp_path / "serve.log")
+            server = Server(url, tmp_path / "serve.log", tmp_path / "records")
             response = post(server, "/chains/sql/invoke", {"input": {"question": "Where?"}})
     assert response.status_code == 200, response.text
     output = response.json()["output"]

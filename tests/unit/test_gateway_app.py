@@ -30,6 +30,8 @@ from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.types import GenerationRequest, encode_event
 from bentochain.engines.translator import Translator
 from bentochain.llms.bento import BentoChatModel
+from bentochain.observability.context import RequestContext
+from bentochain.observability.records import AnyRecord, FeedbackRecord, RequestRecord
 from bentochain.serving.chains import ChainEndpoint, ChainRunner
 from chains.catalog import CHAINS
 from chains.translate import build_translate_chain
@@ -563,3 +565,110 @@ def test_sse_lines_survive_any_generated_character() -> None:
     assert all(line.startswith("data: ") for line in lines)
     contents = [json.loads(line[6:]) for line in lines if line != "data: [DONE]"]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in contents) == awkward
+
+
+# -- quality records ---------------------------------------------------------------------------
+
+
+class Collected:
+    """A recorder that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[AnyRecord] = []
+
+    def submit(self, record: AnyRecord) -> None:
+        self.records.append(record)
+
+
+def test_every_answered_request_is_one_record_matching_its_answer(engines: LocalBackends) -> None:
+    recorder = Collected()
+    # Served, the request ids come from BentoML's middleware stack; here the same middleware.
+    app: Any = RequestContext(create_app(profile(), lambda: engines, recorder))
+    chat = {**GOOD_CHAT, "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+
+    async def scenario() -> list[httpx.Response]:
+        async with client_for(app) as client:
+            return [
+                await client.post("/v1/chat/completions", json=chat),
+                await client.post(
+                    "/v1/chat/completions",
+                    json={**chat, "stream": True, "stream_options": {"include_usage": True}},
+                ),
+                await client.post(
+                    "/v1/completions",
+                    json={"model": CHAT, "prompt": ["a", "b"], "max_tokens": 3, "ignore_eos": True},
+                ),
+                await client.post("/v1/embeddings", json={"model": EMBED, "input": ["x y"]}),
+                await client.post("/translate", json={"texts": ["Hi"], "target_lang": "fr"}),
+                await client.post("/v1/chat/completions", json={**chat, "max_tokens": 10**6}),
+                await client.get("/v1/models"),  # not a recorded endpoint
+            ]
+
+    responses = asyncio.run(scenario())
+    plain, streamed, completions, embeddings, translated, refused, _ = responses
+    records = recorder.records
+    assert [r.endpoint for r in records if isinstance(r, RequestRecord)] == [
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/translate",
+        "/v1/chat/completions",
+    ]
+    by_id = {r.request_id: r for r in records if isinstance(r, RequestRecord)}
+    assert set(by_id) == {r.headers["x-request-id"] for r in responses[:6]}
+
+    first = by_id[plain.headers["x-request-id"]]
+    body = plain.json()
+    assert first.status == 200 and first.model == CHAT
+    assert first.input == chat  # the body as sent: replay resends it
+    assert first.output == {"texts": [body["choices"][0]["message"]["content"]]}
+    assert first.usage is not None
+    assert first.usage.prompt_tokens == body["usage"]["prompt_tokens"]
+    assert first.usage.completion_tokens == body["usage"]["completion_tokens"] == 5
+    assert first.finish_reason == "length" and first.ttft_s is not None
+    assert 0 < first.ttft_s <= first.latency_s
+
+    second = by_id[streamed.headers["x-request-id"]]
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line[6:7] == "{"]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert second.output == {"texts": [text]}
+    assert second.usage is not None and second.usage.completion_tokens == 5
+    assert events[-1]["usage"]["prompt_tokens"] == second.usage.prompt_tokens
+    assert second.ttft_s is not None and second.ttft_s <= second.latency_s
+
+    third = by_id[completions.headers["x-request-id"]]
+    assert third.output == {"texts": [c["text"] for c in completions.json()["choices"]]}
+    assert third.usage is not None and third.usage.completion_tokens == 6
+
+    fourth = by_id[embeddings.headers["x-request-id"]]
+    assert fourth.output == {"embeddings": [embeddings.json()["data"][0]["embedding"]]}
+    assert fourth.model == EMBED
+
+    fifth = by_id[translated.headers["x-request-id"]]
+    assert fifth.output == {"texts": translated.json()["translations"]}
+
+    sixth = by_id[refused.headers["x-request-id"]]
+    assert sixth.status == 400 and sixth.output is None
+    assert sixth.error == refused.json()["error"]["message"]
+
+
+def test_records_are_sampled_and_feedback_joins_them_by_request_id(
+    engines: LocalBackends,
+) -> None:
+    recorder = Collected()
+    app = create_app(profile(observability__records__sample_rate="0"), lambda: engines, recorder)
+    answered = call(app, "POST", "/v1/embeddings", json={"model": EMBED, "input": "hi"})
+    assert answered.status_code == 200 and recorder.records == []  # sampled out
+    feedback = {"request_id": "req-1", "score": 1, "comment": "right answer"}
+    accepted = call(app, "POST", "/v1/feedback", json=feedback)
+    assert accepted.status_code == 200
+    assert accepted.json() == {"object": "feedback", "request_id": "req-1", "recorded": True}
+    (rated,) = recorder.records
+    assert isinstance(rated, FeedbackRecord)
+    assert (rated.request_id, rated.score, rated.comment) == ("req-1", 1.0, "right answer")
+    bad = call(app, "POST", "/v1/feedback", json={"request_id": "req-1", "score": 7})
+    assert_openai_error(bad, 400, "invalid_value")
+    assert "score" in bad.json()["error"]["message"] and len(recorder.records) == 1
+    off = create_app(profile(), lambda: engines)  # no recorder: records are off
+    assert_openai_error(call(off, "POST", "/v1/feedback", json=feedback), 404)

@@ -96,6 +96,12 @@ def merge(header: str | None) -> None:
         record(service, track)
 
 
+def used() -> str | None:
+    """The versions this request has used so far, as ``x-bentochain-version`` says them."""
+    tracks = _tracks.get()
+    return render(tracks.used) if tracks is not None and tracks.used else None
+
+
 def outgoing() -> dict[str, str]:
     """Headers for a call to another service: this request's versions so far."""
     tracks = _tracks.get()

@@ -236,6 +236,44 @@ def cmd_deploy_bentocloud(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay recorded requests on ``--target`` and judge its answers by the profile's gate."""
+    import asyncio
+
+    from bentochain.observability.records import RequestRecord, read_records
+    from bentochain.quality.replay import compare, replay, replayable
+    from bentochain.quality.report import write
+
+    settings = _load(args)
+    paths = [Path(p) for p in args.records]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"bentochain: no such records: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    records = [r for r in read_records(paths) if isinstance(r, RequestRecord) and replayable(r)]
+    if args.limit is not None:
+        records = records[-args.limit :]  # the most recent
+    if not records:
+        print(f"bentochain: no replayable record in {', '.join(args.records)}", file=sys.stderr)
+        return 2
+    print(f"replaying {len(records)} recorded requests on {args.target}")
+    replayed = asyncio.run(replay(records, args.target, concurrency=args.concurrency))
+    comparison = compare(replayed, args.target, settings.quality_gate)
+    for measure in comparison.measures:
+        value = "n/a" if measure.value is None else f"{measure.value:.3f}"
+        verdict = {True: "pass", False: "FAIL", None: "-"}[measure.passed]
+        bound = ">=" if measure.higher_is_better else "<="
+        print(f"  {measure.name:<18} {value:>8}  {bound} {measure.threshold:<6g} {verdict}")
+    written = write(comparison, Path(args.out))
+    print(f"report: {', '.join(str(p) for p in written)}")
+    if not comparison.passed:
+        failed = ", ".join(m.name for m in comparison.failed)
+        print(f"bentochain: the quality gate failed: {failed}", file=sys.stderr)
+        return 1
+    print("the quality gate passed")
+    return 0
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -298,6 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest="deploy_profile",
             help="the production profile (default: configs/production.yaml)",
         )
+    replay = commands.add_parser(
+        "replay",
+        help="send recorded requests to a candidate and judge its answers (quality_gate)",
+    )
+    replay.add_argument("records", nargs="+", help="record files or folders (records.*.jsonl)")
+    replay.add_argument("--target", required=True, help="the candidate's gateway URL")
+    replay.add_argument("--limit", type=int, help="replay only the most recent N")
+    replay.add_argument("--concurrency", type=int, default=1, help="requests at once (1)")
+    replay.add_argument("--out", default="replay-report", help="folder of the report")
+    replay.set_defaults(func=cmd_replay)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

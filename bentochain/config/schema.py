@@ -616,6 +616,32 @@ class Observability(Section):
     records: RecordsSettings = RecordsSettings()
 
 
+class QualityGate(Section):
+    """What ``bentochain replay`` demands of a candidate before it takes traffic: its answers
+    to recorded requests against the recorded ones. A measure with no requests to judge it
+    (no greedy request, no SQL run...) is reported and not judged."""
+
+    min_requests: PositiveInt = Field(1, description="requests replayed, at the least")
+    max_error_rate: float = Field(0.01, ge=0.0, le=1.0, description="answers other than 200")
+    min_exact_match: float = Field(
+        0.95, ge=0.0, le=1.0, description="greedy requests answered with the very same text"
+    )
+    min_cosine: float = Field(
+        0.9,
+        ge=-1.0,
+        le=1.0,
+        description="mean cosine similarity of the answers (texts embedded by the Embedder)",
+    )
+    min_sql_rows_match: float = Field(
+        0.95, ge=0.0, le=1.0, description="SQL chain runs that return the same rows"
+    )
+    min_source_overlap: float = Field(
+        0.8, ge=0.0, le=1.0, description="mean Jaccard overlap of the RAG chain's sources"
+    )
+    max_latency_p50_ratio: PositiveFloat = Field(1.5, description="candidate p50 / recorded p50")
+    max_latency_p99_ratio: PositiveFloat = Field(2.0, description="candidate p99 / recorded p99")
+
+
 class Settings(BaseSettings):
     """A whole profile: one entry per service."""
 
@@ -634,6 +660,7 @@ class Settings(BaseSettings):
     shutdown: Shutdown = Shutdown()
     deploy: DeploySettings = DeploySettings()
     observability: Observability = Observability()
+    quality_gate: QualityGate = QualityGate()
 
     def entry(self, service: str) -> ServiceSettings:
         """The profile entry of a BentoML service (``LLM`` → ``llm``)."""

@@ -60,6 +60,9 @@ class BentoChatModel(AsyncChatModel):
 
     generate_fn: Callable[[GenerationRequest], AsyncIterator[str]] = Field(exclude=True)
     model_name: str = "llm"
+    model_version: str | None = Field(
+        None, description="what serves model_name (e.g. demo:llama-36m): part of the cache key"
+    )
     temperature: float = 0.0
     max_tokens: int = 256
     top_p: float = 1.0
@@ -73,6 +76,7 @@ class BentoChatModel(AsyncChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "model_name": self.model_name,
+            "model_version": self.model_version,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "top_p": self.top_p,

@@ -57,6 +57,7 @@ def build_provider(
     served_model: str,
     environ: Mapping[str, str],
     where: str,
+    served_version: str | None = None,
 ) -> BaseChatModel:
     if p.provider == "self":
         if generate is None:
@@ -64,6 +65,7 @@ def build_provider(
         return BentoChatModel(
             generate_fn=generate,
             model_name=served_model,
+            model_version=served_version,
             temperature=p.temperature,
             max_tokens=p.max_tokens,
         )
@@ -97,17 +99,25 @@ def build_chain_llm(
     *,
     generate: Generate | None,
     served_model: str,
+    served_version: str | None = None,
     cache: BaseCache | None = None,
     environ: Mapping[str, str] | None = None,
     where: str = "chains",
 ) -> ResilientChatModel:
-    """The chain's model: its provider, then its fallbacks, cached only when deterministic."""
+    """The chain's model: its provider, then its fallbacks, cached only when deterministic.
+    ``served_version`` (the LLM service's model reference) keys the cache with the model: a
+    new model under the same served name does not answer from the old one's entries."""
     env = os.environ if environ is None else environ
     providers = [settings, *settings.fallbacks]
     routes = []
     for i, p in enumerate(providers):
         model = build_provider(
-            p, generate=generate, served_model=served_model, environ=env, where=_label(where, i)
+            p,
+            generate=generate,
+            served_model=served_model,
+            served_version=served_version,
+            environ=env,
+            where=_label(where, i),
         )
         name = f"{i}:{p.provider}:{p.model or served_model}"
         routes.append(Route(name=name, model=model, timeout=p.timeout, retries=p.max_retries))

@@ -198,6 +198,7 @@ def chain_llm(
         llm,
         generate=generate,
         served_model=settings.llm.served_id,
+        served_version=str(settings.llm.model),
         cache=answer_cache(settings, chain),
         where=f"chains.{chain}.llm",
     )

@@ -16,6 +16,7 @@ PACKAGE = PROJECT_ROOT / "bentochain"
 LAYERS = {  # a package may import the ones of a lower rank
     "cli": 5,
     "deploy": 4,  # renders what serving runs, for a cluster
+    "quality": 3,  # replays records against a served candidate
     "api": 4,
     "serving": 3,
     "llms": 2,

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bentochain.config.loader import PROJECT_ROOT
-from bentochain.deploy.kubernetes import NEXT_TRACK, PART_OF, TRACK_LABEL
+from bentochain.cli import PRODUCTION_PROFILE
+from bentochain.config.loader import PROJECT_ROOT, load_settings
+from bentochain.deploy.kubernetes import NEXT_TRACK, PART_OF, SOURCE, TRACK_LABEL
 
 WORKFLOWS = PROJECT_ROOT / ".github" / "workflows"
 TOOLS = Path(sys.executable).parent  # check-jsonschema and zizmor come with the dev extras
@@ -105,10 +106,10 @@ def test_release_builds_renders_stages_canaries_and_promotes_in_order() -> None:
     assert list(flow["on"]) == ["push"]
     assert flow["on"]["push"] == {"tags": ["v*"]}
     jobs = flow["jobs"]
-    assert list(jobs) == ["image", "staging", "canary", "promote"]
-    assert [jobs[j].get("needs") for j in jobs] == [None, "image", "staging", "canary"]
+    assert list(jobs) == ["image", "staging", "gate", "canary", "promote"]
+    assert [jobs[j].get("needs") for j in jobs] == [None, "image", "staging", "gate", "canary"]
     assert jobs["staging"]["environment"] == "staging"
-    assert jobs["canary"]["environment"] == jobs["promote"]["environment"] == "production"
+    assert {jobs[j]["environment"] for j in ("gate", "canary", "promote")} == {"production"}
 
     def run(job: str) -> str:
         return "\n".join(step.get("run", "") for step in jobs[job]["steps"])
@@ -119,18 +120,26 @@ def test_release_builds_renders_stages_canaries_and_promotes_in_order() -> None:
     assert "configs/production.yaml" in build and "configs/default.yaml" in build
     assert re.search(r"bentochain deploy k8s --out rendered --image \"\$prod\"", build)
     assert "kubectl apply -k rendered/overlays/prod" in run("staging")
+    # Before any production traffic: the release answers production's requests well enough.
+    gate = run("gate")
+    assert gate.index(" cp ") < gate.index("replay records")
+    assert "--target http://127.0.0.1:3000" in gate and "configs/production.yaml" in gate
     assert "kubectl apply -k rendered/overlays/canary" in run("canary")
     assert "kubectl delete -k rendered/overlays/canary" in run("canary")  # its rollback
     promote = run("promote")
     assert promote.index("apply -k rendered/overlays/prod") < promote.index(
         "delete -k rendered/overlays/canary"
     )
-    for job in ("staging", "canary", "promote"):
+    for job in ("staging", "canary", "promote"):  # each rollout is smoke-tested
         assert ".ci/smoke http://127.0.0.1:3000" in run(job), job
 
 
 def test_the_release_uses_what_the_renderer_writes() -> None:
-    text = scripts(workflow("release.yml"))
+    flow = workflow("release.yml")
+    text = scripts(flow)
+    production = load_settings(PRODUCTION_PROFILE, environ={})
+    records = f"{SOURCE}/{production.observability.records.dir}"
+    assert flow["jobs"]["gate"]["env"]["RECORDS"] == records  # where the gateway writes them
     for overlay in re.findall(r"rendered/overlays/(\w+)", text):
         assert (PROJECT_ROOT / "deploy" / "k8s" / "overlays" / overlay).is_dir(), overlay
     assert f"-l {TRACK_LABEL}={NEXT_TRACK}" in text

@@ -1,0 +1,1 @@
+"""Quality against a baseline: replaying recorded requests on a candidate, and its gate."""

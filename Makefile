@@ -10,7 +10,7 @@ PORT   ?= 3000
 USERS  ?= 32
 DURATION ?= 60s
 
-.PHONY: install prepare serve serve-split test lint typecheck unit integration bench loadtest clean
+.PHONY: install prepare serve serve-split test lint typecheck unit integration bench loadtest dashboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: install
 # HTML and CSV reports under loadtest/reports/.
 loadtest: install
 	$(BIN)/python -m loadtest.run --users $(USERS) --duration $(DURATION) $(if $(TARGET),--host $(TARGET))
+
+# The dashboard's main panels from a real Prometheus scraping a served Bento under a short
+# load: docs/dashboard.png (needs Debian's prometheus: apt-get install prometheus).
+dashboard: prepare
+	$(BIN)/python -m loadtest.dashboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

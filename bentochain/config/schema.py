@@ -611,9 +611,81 @@ class RecordsSettings(Section):
     )
 
 
+class SLO(Section):
+    """A service level objective, rendered as Prometheus recording and burn-rate alerting
+    rules (``bentochain deploy k8s``: ``deploy/k8s/monitoring``).
+
+    ``ttft``: the LLM's first tokens within ``threshold_seconds``; ``latency``: a service's
+    answers (``endpoint``) within ``threshold_seconds``; ``errors``: a service's answers that
+    are not 5xx. ``objective`` is the share of good events the SLO promises."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="snake_case, unique")
+    description: str
+    sli: Literal["ttft", "latency", "errors"]
+    service: Literal[
+        "Gateway", "LLM", "Embedder", "TranslatorFR", "TranslatorES", "SQLChain", "RAGChain"
+    ] = Field("Gateway", description="the BentoML service (latency, errors)")
+    endpoint: str | None = Field(None, description="its endpoint (latency: required)")
+    threshold_seconds: PositiveFloat | None = Field(
+        None, description="a bucket of the histogram measured (ttft, latency)"
+    )
+    objective: float = Field(gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SLO:
+        if self.sli in ("ttft", "latency") and self.threshold_seconds is None:
+            raise ValueError(f"sli '{self.sli}' needs threshold_seconds")
+        if self.sli == "latency" and not self.endpoint:
+            raise ValueError("sli 'latency' needs the endpoint it measures")
+        return self
+
+
+DEFAULT_SLOS = (
+    SLO(
+        name="chat_ttft",
+        description="95% of generations start within 2.5 s",
+        sli="ttft",
+        threshold_seconds=2.5,
+        objective=0.95,
+    ),
+    SLO(
+        name="gateway_availability",
+        description="99% of the gateway's answers are not server errors",
+        sli="errors",
+        objective=0.99,
+    ),
+    SLO(
+        name="sql_chain_latency",
+        description="95% of SQL chain runs answer within 30 s",
+        sli="latency",
+        endpoint="/chains/sql/invoke",
+        threshold_seconds=30.0,
+        objective=0.95,
+    ),
+    SLO(
+        name="rag_chain_latency",
+        description="95% of RAG chain runs answer within 10 s",
+        sli="latency",
+        endpoint="/chains/rag/invoke",
+        threshold_seconds=10.0,
+        objective=0.95,
+    ),
+)
+
+
 class Observability(Section):
     tracing: TracingSettings = TracingSettings()
     records: RecordsSettings = RecordsSettings()
+    slos: tuple[SLO, ...] = DEFAULT_SLOS
+
+    @field_validator("slos")
+    @classmethod
+    def _unique_names(cls, slos: tuple[SLO, ...]) -> tuple[SLO, ...]:
+        names = [slo.name for slo in slos]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"SLO names must be unique: {', '.join(repeated)}")
+        return slos
 
 
 class QualityGate(Section):

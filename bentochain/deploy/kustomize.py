@@ -11,6 +11,7 @@ service, applied beside ``prod`` before ``prod`` itself takes the new image.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from bentochain.config.schema import Settings
 from bentochain.deploy.kubernetes import IMAGE, Object, adapter_rules, release_canaries, render
 
 HEADER = "# Rendered by `bentochain deploy k8s` from the profiles; do not edit by hand.\n"
@@ -166,7 +168,35 @@ def layout(
     files["prometheus-adapter/values.yaml"] = HEADER + yaml.safe_dump(
         adapter_rules(), sort_keys=False
     )
+    files.update(monitoring_files(prod[0]))
     return files
+
+
+def monitoring_files(settings: Settings) -> dict[str, str]:
+    """``monitoring/``: the SLO rules and the dashboard, and the ConfigMaps that carry them to
+    a Prometheus and a Grafana (its dashboard sidecar picks the labelled one up)."""
+    from bentochain.deploy.monitoring import dashboard, rules
+
+    generated = {
+        "disableNameSuffixHash": True,
+        "labels": {"app.kubernetes.io/part-of": "bentochain"},
+    }
+    return {
+        "monitoring/prometheus-rules.yaml": HEADER
+        + yaml.safe_dump(rules(settings), sort_keys=False),
+        "monitoring/grafana-dashboard.json": json.dumps(dashboard(settings), indent=2) + "\n",
+        "monitoring/kustomization.yaml": kustomization(
+            generatorOptions=generated,
+            configMapGenerator=[
+                {"name": "bentochain-prometheus-rules", "files": ["prometheus-rules.yaml"]},
+                {
+                    "name": "bentochain-grafana-dashboard",
+                    "files": ["grafana-dashboard.json"],
+                    "options": {"labels": {"grafana_dashboard": "1"}},
+                },
+            ],
+        ),
+    }
 
 
 def namespace(name: str) -> Object:

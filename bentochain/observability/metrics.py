@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any
+import time
+from collections import deque
+from typing import Any, Literal
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+RATE_WINDOW = 5.0  # seconds the tokens-per-second gauge averages over
+REQUEST_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    900.0, 1800.0,
+)  # fmt: skip
+"""Every service's ``bentoml_service_request_duration_seconds`` buckets (set, so that a latency
+SLO's threshold is known to be one of them: BentoML's own depend on its version and config)."""
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
 METRIC_NAMES = (
@@ -27,6 +36,10 @@ METRIC_NAMES = (
     "bentochain_llm_running_requests",
     "bentochain_llm_waiting_requests",
     "bentochain_llm_batch_size",
+    "bentochain_llm_kv_cache_used_blocks",
+    "bentochain_llm_kv_cache_total_blocks",
+    "bentochain_llm_kv_cache_usage_ratio",
+    "bentochain_llm_generation_tokens_per_second",
 )
 
 
@@ -67,6 +80,20 @@ class PrometheusEngineMetrics:
         self._running = _gauge(model, "running_requests", "Sequences decoding.")
         self._waiting = _gauge(model, "waiting_requests", "Requests waiting to be admitted.")
         self._batch = _gauge(model, "batch_size", "Sequences in the latest decode step.")
+        self._kv_used = _gauge(model, "kv_cache_used_blocks", "KV-cache blocks lent out.")
+        self._kv_total = _gauge(model, "kv_cache_total_blocks", "KV-cache blocks in all.")
+        self._kv_usage = _gauge(
+            model,
+            "kv_cache_usage_ratio",
+            "KV-cache blocks lent out over all blocks (1: new sequences wait for memory).",
+            mode="livemax",
+        )
+        self._rate = _gauge(
+            model,
+            "generation_tokens_per_second",
+            f"Tokens generated per second over the last {RATE_WINDOW:g} s (0 when idle).",
+        )
+        self._recent: deque[tuple[float, int]] = deque()  # (when, tokens): the engine's thread
 
     def admitted(self, *, prompt_tokens: int, queued_seconds: float) -> None:
         self._prompt.inc(prompt_tokens)
@@ -77,6 +104,7 @@ class PrometheusEngineMetrics:
 
     def generated(self, tokens: int) -> None:
         self._generated.inc(tokens)
+        self._recent.append((time.monotonic(), tokens))
 
     def finished(self, *, seconds: float, per_output_token: float | None) -> None:
         self._latency.observe(seconds)
@@ -86,11 +114,22 @@ class PrometheusEngineMetrics:
     def step(self, *, batch: int) -> None:
         self._batch.set(batch)
 
-    def occupancy(self, *, running: int, waiting: int) -> None:
+    def occupancy(self, *, running: int, waiting: int, kv_used: int, kv_total: int) -> None:
         self._running.set(running)
         self._waiting.set(waiting)
+        self._kv_used.set(kv_used)
+        self._kv_total.set(kv_total)
+        self._kv_usage.set(kv_used / kv_total if kv_total else 0.0)
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
         if running == 0:
             self._batch.set(0)
+            self._rate.set(0.0)  # the engine sleeps until the next request: nothing is made
+            self._recent.clear()
+        elif self._recent:
+            span = max(now - self._recent[0][0], 1e-3)
+            self._rate.set(sum(tokens for _, tokens in self._recent) / span)
 
 
 def _counter(model: str, name: str, documentation: str) -> Any:
@@ -112,14 +151,16 @@ def _histogram(model: str, name: str, documentation: str, buckets: tuple[float, 
     ).labels(model=model)
 
 
-def _gauge(model: str, name: str, documentation: str) -> Any:
+def _gauge(
+    model: str, name: str, documentation: str, mode: Literal["livesum", "livemax"] = "livesum"
+) -> Any:
     import bentoml
 
     return bentoml.metrics.Gauge(
         name=f"bentochain_llm_{name}",
         documentation=documentation,
         labelnames=["model"],
-        multiprocess_mode="livesum",
+        multiprocess_mode=mode,
     ).labels(model=model)
 
 
@@ -271,4 +312,6 @@ def _record_families() -> tuple[Any, Any]:
         documentation="Quality records lost, by reason: queue_full or write_error.",
         labelnames=["reason"],
     )
+    for reason in ("queue_full", "write_error"):  # at 0 from the start: a loss shows as a rise
+        dropped.labels(reason=reason)
     return written, dropped

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bentochain.config.schema import Settings
+from bentochain.observability.metrics import REQUEST_BUCKETS
 
 
 def service_options(
@@ -38,6 +39,7 @@ def service_options(
         "workers": settings.workers,
         "traffic": traffic,
         "runner_connection": settings.connection.model_dump(),
+        "metrics": {"duration": {"buckets": list(REQUEST_BUCKETS)}},
         "logging": {
             "access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics", "/load"]}
         },

@@ -1,4 +1,5 @@
-"""Real PostgreSQL and Redis servers for tests, on free loopback ports in temporary folders.
+"""Real PostgreSQL and Redis servers for tests, on free loopback ports in temporary folders,
+and Prometheus's binaries.
 
 A server missing from the machine is installed with apt (Debian's packages are reachable here
 and CI runs as root); where that cannot be done the test is skipped with the reason. Each server
@@ -139,3 +140,12 @@ def redis_server(root: Path) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_server(server)
+
+
+def prometheus_tool(name: str) -> str:
+    """``prometheus`` or ``promtool`` (Debian's ``prometheus`` package), installed if missing."""
+    if shutil.which(name) is None:
+        _apt_install("prometheus")
+    found = shutil.which(name)
+    assert found, f"{name} is not on PATH after installing the prometheus package"
+    return found

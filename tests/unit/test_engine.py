@@ -331,3 +331,47 @@ def test_load_counts_running_and_waiting_sequences(demo_dir: Path) -> None:
     finally:
         engine.close()
     assert (busy, idle) == (2, 0)
+
+
+def test_the_engine_reports_kv_memory_in_use_and_the_token_rate(demo_dir: Path) -> None:
+    from bentochain.engines.llm.metrics import NullMetrics
+    from bentochain.observability.metrics import PrometheusEngineMetrics
+
+    class Seen(NullMetrics):
+        def __init__(self) -> None:
+            self.kv: list[tuple[int, int]] = []
+
+        def occupancy(self, *, running: int, waiting: int, kv_used: int, kv_total: int) -> None:
+            self.kv.append((kv_used, kv_total))
+
+    seen = Seen()
+    engine = LLMEngine(
+        demo_dir / "llama-tiny", replace(CONFIG, kv_blocks=6, block_size=16), metrics=seen
+    )
+
+    async def scenario() -> list[list[Event]]:
+        return await asyncio.gather(
+            *(collect(engine, prompt(f"p{i}", max_tokens=40, ignore_eos=True)) for i in range(2))
+        )
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert {total for _, total in seen.kv} == {6}
+    assert max(used for used, _ in seen.kv) == 6  # two requests of 3 blocks each, together
+    assert seen.kv[-1][0] == 0  # all given back
+
+    # The Prometheus side: a rate while tokens come, 0 once the engine is idle.
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> float | None:
+        return REGISTRY.get_sample_value(f"bentochain_llm_{name}", {"model": "rate-test"})
+
+    gauges = PrometheusEngineMetrics("rate-test")
+    gauges.generated(10)
+    gauges.occupancy(running=1, waiting=0, kv_used=2, kv_total=8)
+    assert value("kv_cache_usage_ratio") == 0.25
+    assert (value("generation_tokens_per_second") or 0) > 0
+    gauges.occupancy(running=0, waiting=0, kv_used=0, kv_total=8)
+    assert value("generation_tokens_per_second") == 0

@@ -448,7 +448,7 @@ def test_llm_queue_full_answers_429_with_retry_after(
     class Occupancy(NullMetrics):
         last = (0, 0)
 
-        def occupancy(self, *, running: int, waiting: int) -> None:
+        def occupancy(self, *, running: int, waiting: int, kv_used: int, kv_total: int) -> None:
             self.last = (running, waiting)
 
     seen = Occupancy()

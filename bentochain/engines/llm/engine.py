@@ -315,7 +315,12 @@ class LLMEngine:
             self._running = [seq for seq in self._running if not seq.done]
         with self._lock:
             waiting = len(self._waiting)
-        self.metrics.occupancy(running=len(self._running), waiting=waiting)
+        self.metrics.occupancy(
+            running=len(self._running),
+            waiting=waiting,
+            kv_used=self.budget.used,
+            kv_total=self.budget.total,
+        )
 
     def _expire_waiting(self, now: float) -> None:
         limit = self.config.max_queue_seconds

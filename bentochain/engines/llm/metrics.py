@@ -25,8 +25,8 @@ class EngineMetrics(Protocol):
     def step(self, *, batch: int) -> None:
         """A decode step ran with ``batch`` sequences."""
 
-    def occupancy(self, *, running: int, waiting: int) -> None:
-        """Sequences running and requests waiting after a step."""
+    def occupancy(self, *, running: int, waiting: int, kv_used: int, kv_total: int) -> None:
+        """Sequences running, requests waiting and KV blocks lent out (of all) after a step."""
 
 
 class NullMetrics:
@@ -47,5 +47,5 @@ class NullMetrics:
     def step(self, *, batch: int) -> None:
         pass
 
-    def occupancy(self, *, running: int, waiting: int) -> None:
+    def occupancy(self, *, running: int, waiting: int, kv_used: int, kv_total: int) -> None:
         pass

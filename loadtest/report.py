@@ -276,9 +276,15 @@ def write_markdown(path: Path, results: Any, command: str, stem: str) -> None:
         "",
         END,
     ]
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
+    replace_section(path, BEGIN, END, section)
+
+
+def replace_section(path: Path, begin: str, end: str, section: list[str]) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the one
+    between those markers in ``path``, or at its end; the rest of the file is left alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
     path.write_text(before + "\n".join(section) + after)

@@ -673,9 +673,16 @@ DEFAULT_SLOS = (
 )
 
 
+class LogSettings(Section):
+    format: Literal["text", "json"] = Field(
+        "text", description="json: one object per line, with the request id and the trace"
+    )
+
+
 class Observability(Section):
     tracing: TracingSettings = TracingSettings()
     records: RecordsSettings = RecordsSettings()
+    logs: LogSettings = LogSettings()
     slos: tuple[SLO, ...] = DEFAULT_SLOS
 
     @field_validator("slos")

@@ -82,8 +82,7 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), *headers]
             await send(message)
 
-        token = _request_id.set(current)
-        try:
-            await self.app(scope, receive, send_with_ids)
-        finally:
-            _request_id.reset(token)
+        # Not reset when the request ends: the server runs each request in a task (and context)
+        # of its own, and BentoML's access log, outside this middleware, logs the id too.
+        _request_id.set(current)
+        await self.app(scope, receive, send_with_ids)

@@ -63,11 +63,14 @@ def install_middleware(service: Any, settings: Settings) -> Any:
     on SIGTERM and ``/load``, then the request's versions (canary pinning). Returns
     ``service``."""
     from bentochain.observability.context import RequestContext
+    from bentochain.observability.logs import use_json_logs
     from bentochain.observability.tracing import keep_service_names, resolve
     from bentochain.serving.drain import DrainMiddleware
     from bentochain.serving.upstream.routing import RoutingMiddleware
 
     keep_service_names()
+    if settings.observability.logs.format == "json":
+        use_json_logs()
     export = resolve(settings.observability.tracing, os.environ)  # checked by service_options
     service.add_asgi_middleware(RequestContext, export=export)
     service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 300.0
 RECORDS_DIR = "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR"
+JSON_LOGS = "BENTOCHAIN_OBSERVABILITY__LOGS__FORMAT"
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +97,8 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     """One server per service, the Gateway pointed at the others by URL (``--depends``)."""
     logs = tmp_path_factory.mktemp("split")
     port = free_port()
-    env = {**served_env, RECORDS_DIR: str(logs / "records")}
+    # JSON log lines here, text in the composed Bento: both formats are served.
+    env = {**served_env, RECORDS_DIR: str(logs / "records"), JSON_LOGS: "json"}
     topology = SplitTopology(port=port, env=env, log_dir=logs)
     topology.start(timeout=START_TIMEOUT)
     log = logs / f"Gateway-{port}.log"

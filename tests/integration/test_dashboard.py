@@ -21,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_every_panel_and_rule_returns_data_from_a_real_prometheus(
-    composed: Server, tmp_path: Path
+    composed: Server, served_env: dict[str, str], tmp_path: Path
 ) -> None:
-    settings = load_settings(DEFAULT_PROFILE, environ={})
+    settings = load_settings(DEFAULT_PROFILE, environ=served_env)  # what `composed` serves
     board = dashboard(settings)
     rule = rule_file(settings, tmp_path)
     target = composed.url.removeprefix("http://")
@@ -31,7 +31,7 @@ def test_every_panel_and_rule_returns_data_from_a_real_prometheus(
     with prometheus_server(binary, tmp_path / "prometheus", [target], [rule]) as prometheus:
         until(lambda: scraped(prometheus, "up", 1), "Prometheus scrapes the Bento", 600)
         start = float(query(prometheus, "vector(time())")[0]["value"][1])
-        sent = asyncio.run(traffic(composed.url, rounds=6))
+        sent = asyncio.run(traffic(composed.url, settings, rounds=6))
         total = f"sum({GATEWAY_REQUESTS})"
         until(lambda: scraped(prometheus, total, sent), "the load is scraped", 600)
         queries = {**panel_queries(board), **rule_queries(rules(settings))}

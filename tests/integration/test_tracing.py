@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.conftest import Server
 from tests.support.otlp import Collector, Span
+from tests.support.serving import until
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +143,27 @@ def test_an_incoming_traceparent_is_continued(gateway: Server, collector: Collec
     assert root.parent_id == caller_span
     served = one(spans, lambda s: s.service == "TranslatorES" and s.kind == 2, "the callee's")
     assert served.parent_id == root.span_id
+
+
+def test_json_log_lines_carry_the_request_id_and_trace_on_every_service(split: Server) -> None:
+    body = {"model": "llama-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    response = httpx.post(f"{split.v1}/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    trace_id, _ = trace_of(response)
+
+    def lines_of(service: str) -> list[dict[str, object]]:
+        found = []
+        for log in split.log.parent.glob(f"{service}-*.log"):
+            for line in log.read_text().splitlines():
+                if line.startswith("{") and request_id in line:
+                    found.append(json.loads(line))
+        return found
+
+    # Each server logs the request's access line as it ends: both are there once both ended.
+    until(lambda: bool(lines_of("Gateway")) and bool(lines_of("LLM")), "both access lines", 300)
+    for service in ("Gateway", "LLM"):
+        (line, *_) = lines_of(service)
+        assert line["service"] == service and line["request_id"] == request_id
+        assert line["trace_id"] == trace_id and line["level"] == "INFO"
+        assert "/chat/completions" in str(line["message"]) or "/generate" in str(line["message"])

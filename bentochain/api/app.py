@@ -132,7 +132,7 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
-        record = note_model(model.id)
+        record = note_model(model.id, model.reference)
         check_generation(
             sum(len(m.text()) for m in request.messages), request.token_budget(), "messages"
         )
@@ -150,7 +150,7 @@ def create_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(request: CompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
-        record = note_model(model.id)
+        record = note_model(model.id, model.reference)
         check_generation(max(len(p) for p in request.prompts()), request.max_tokens, "prompt")
         if len(request.prompts()) > limits.max_inputs:
             raise _too_large("'prompt'", limits.max_inputs, "prompts", "prompt")
@@ -176,7 +176,7 @@ def create_app(
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(request: EmbeddingRequest) -> JSONResponse:
         model = registry.for_task(request.model, "embedding")
-        record = note_model(model.id)
+        record = note_model(model.id, model.reference)
         texts = request.texts()
         _check_texts(texts, limits, "input", allow_empty=False)
         try:
@@ -218,7 +218,7 @@ def create_app(
     async def translate(request: TranslateRequest) -> TranslateResponse:
         _check_texts(request.texts, limits, "texts", allow_empty=True)
         model = registry.translator(request.target_lang)
-        record = note_model(model.id)
+        record = note_model(model.id, model.reference)
         try:
             translations = await backends().translate(request.target_lang, request.texts)
         except Exception as exc:

@@ -40,6 +40,7 @@ class Draft:
     started: float = field(default_factory=time.monotonic)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     model: str | None = None
+    reference: str | None = None
     input: Any = None
     texts: list[str] | None = None
     output: Any = None
@@ -70,11 +71,13 @@ def draft() -> Draft | None:
     return _draft.get()
 
 
-def note_model(model: str) -> Draft | None:
-    """Name the model of the request being recorded; its draft, None when not recorded."""
+def note_model(model: str, reference: str | None = None) -> Draft | None:
+    """Name the model of the request being recorded (its served id, and what serves it under
+    that name); its draft, None when the request is not recorded."""
     current = _draft.get()
     if current is not None:
         current.model = model
+        current.reference = reference
     return current
 
 
@@ -150,6 +153,7 @@ def _record(current: Draft, body: bytes, status: int, error: bytes) -> RequestRe
         endpoint=current.endpoint,
         status=status or 500,  # no answer started: the request failed before it
         model=current.model,
+        model_reference=current.reference,
         model_version=routing.used(),  # every version the request reached, to its end
         input=_body(body),
         output=output,

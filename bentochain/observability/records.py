@@ -46,6 +46,9 @@ class RequestRecord(BaseModel):
     endpoint: str = Field(description="the path, e.g. /v1/chat/completions")
     status: int
     model: str | None = Field(None, description="the served model id, or the chain's name")
+    model_reference: str | None = Field(
+        None, description="the model behind that id, e.g. demo:llama-tiny or hf:<id>@<revision>"
+    )
     model_version: str | None = Field(
         None, description="the versions that served it (x-bentochain-version), e.g. LLM=canary"
     )

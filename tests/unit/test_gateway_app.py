@@ -621,6 +621,7 @@ def test_every_answered_request_is_one_record_matching_its_answer(engines: Local
     first = by_id[plain.headers["x-request-id"]]
     body = plain.json()
     assert first.status == 200 and first.model == CHAT
+    assert first.model_reference == "demo:llama-tiny"
     assert first.input == chat  # the body as sent: replay resends it
     assert first.output == {"texts": [body["choices"][0]["message"]["content"]]}
     assert first.usage is not None

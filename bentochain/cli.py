@@ -79,9 +79,34 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_to_the_network(settings: Settings, host: str) -> str | None:
+    """Why serving on ``host`` is refused, if it is: an open gateway on a non-loopback address."""
+    import ipaddress
+
+    auth = settings.gateway.auth
+    if auth.mode != "open" or auth.allow_open:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"bentochain: refusing to serve an open gateway on {host}: anyone who reaches it could "
+        "use every model. Set gateway.auth.mode: keys (BENTOCHAIN_GATEWAY__AUTH__MODE=keys, keys "
+        "from `bentochain keys create NAME`), or gateway.auth.allow_open: true for a gateway "
+        "behind a trusted proxy; or serve on 127.0.0.1."
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The composed Bento: ``bentoml serve``, after checking the profile and the models."""
     settings = _load(args)
+    refused = _open_to_the_network(settings, args.host)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     from bentochain.config.schema import SERVICE_KEYS
     from bentochain.serving.launch import launch_command
     from bentochain.serving.upstream import UpstreamConfigError, discovery_for
@@ -113,7 +138,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_serve_split(args: argparse.Namespace) -> int:
     """Every service in its own servers, as one Kubernetes Deployment per service runs them."""
-    _load(args)
+    refused = _open_to_the_network(_load(args), args.host)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     from bentochain.serving.topology import SplitTopology, parse_replicas
 
     try:
@@ -274,6 +302,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys create / list / revoke``: API keys, stored as hashes where the profile says."""
+    from pydantic import ValidationError
+
+    from bentochain.security.keys import KeyProblem, Limits, create, listing, revoke
+    from bentochain.serving.startup import key_store
+
+    settings = _load(args)
+    store = key_store(settings)
+    try:
+        if args.action == "create":
+            limits = Limits(rpm=args.rpm, tpm=args.tpm, max_concurrent=args.max_concurrent)
+            key = create(store, args.name, limits, expires_days=args.expires)
+            where = settings.gateway.auth.store
+            print(f"created key '{args.name}' ({where} store); it is shown this once:")
+            print(key)
+        elif args.action == "revoke":
+            record = revoke(store, args.name)
+            print(f"revoked key '{record.name}' ({record.prefix}…): refused within seconds")
+        else:
+            lines = listing(store.load().values())
+            print("\n".join(lines) if lines else "no keys yet: bentochain keys create NAME")
+    except KeyProblem as exc:
+        print(f"bentochain: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        print(f"bentochain: --{problem['loc'][0]}: {problem['msg']}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -336,6 +396,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             dest="deploy_profile",
             help="the production profile (default: configs/production.yaml)",
         )
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke").add_subparsers(
+        dest="action", required=True
+    )
+    made = keys.add_parser("create", help="a new key, printed once (its hash is stored)")
+    made.add_argument("name")
+    made.add_argument("--rpm", type=int, default=0, help="requests per minute (0: no limit)")
+    made.add_argument("--tpm", type=int, default=0, help="tokens per minute (0: no limit)")
+    made.add_argument("--max-concurrent", type=int, default=0, help="requests at once")
+    made.add_argument("--expires", type=float, help="days until it stops working")
+    keys.add_parser("list", help="every key's name, prefix, state and limits")
+    gone = keys.add_parser("revoke", help="stop a key (within seconds, no restart)")
+    gone.add_argument("name")
+    for sub in (made, gone, keys.choices["list"]):
+        sub.set_defaults(func=cmd_keys)
     replay = commands.add_parser(
         "replay",
         help="send recorded requests to a candidate and judge its answers (quality_gate)",

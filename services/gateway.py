@@ -18,6 +18,7 @@ from bentochain.serving.shutdown import stop_callers_first
 from bentochain.serving.startup import (
     chain_llm_settings,
     dependencies,
+    key_access,
     profile,
     quality_recorder,
 )
@@ -31,7 +32,9 @@ from services.translator import TranslatorES, TranslatorFR
 SETTINGS = profile()
 TRANSLATE_LLM = chain_llm_settings(SETTINGS.chains.translate, "chains.translate")
 RECORDS = quality_recorder(SETTINGS)
-app = create_app(SETTINGS, backends=bentoml.get_current_service, recorder=RECORDS)
+app = create_app(
+    SETTINGS, backends=bentoml.get_current_service, recorder=RECORDS, access=key_access(SETTINGS)
+)
 
 
 @bentoml.service(

@@ -17,6 +17,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from bentochain.api.auth import (
+    KeyAuth,
+    estimate_tokens,
+    reserve_tokens,
+    settle_tokens,
+)
 from bentochain.api.backends import Backends, upstream_error
 from bentochain.api.chains import chain_router
 from bentochain.api.errors import APIError, install_handlers
@@ -47,6 +53,7 @@ from bentochain.api.schemas import (
 from bentochain.config.schema import Limits, Settings
 from bentochain.engines.encoder import EncodedText
 from bentochain.observability.records import FeedbackRecord, Recorder, Usage
+from bentochain.security.access import Access
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -82,11 +89,18 @@ def _check_texts(texts: list[str], limits: Limits, param: str, *, allow_empty: b
 
 
 def create_app(
-    settings: Settings, backends: Callable[[], Backends], recorder: Recorder | None = None
+    settings: Settings,
+    backends: Callable[[], Backends],
+    recorder: Recorder | None = None,
+    access: Access | None = None,
 ) -> FastAPI:
     """The gateway app for ``settings``; ``backends()`` gives the model services per request;
-    with a ``recorder``, requests become quality records (sampled as the profile says)."""
+    with a ``recorder``, requests become quality records (sampled as the profile says); with
+    ``gateway.auth.mode: keys``, ``access`` checks keys and their limits."""
+    if settings.gateway.auth.mode == "keys" and access is None:
+        raise ValueError("gateway.auth.mode is 'keys': the app needs the keys (access)")
     registry = ModelRegistry(settings)
+    default_max_tokens = settings.llm.generation.default_max_tokens
     limits = settings.gateway.limits
     max_tokens_limit = settings.llm.generation.max_tokens_limit
 
@@ -99,9 +113,11 @@ def create_app(
     install_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(ConcurrencyLimit, limit=settings.gateway.traffic.max_concurrency)
-    if recorder is not None:  # outermost: refused requests are recorded too
+    if recorder is not None:  # outside the limits: refused requests are recorded too
         sample_rate = settings.observability.records.sample_rate
         app.add_middleware(RecordingMiddleware, recorder=recorder, sample_rate=sample_rate)
+    if settings.gateway.auth.mode == "keys" and access is not None:  # outermost: no key, no work
+        app.add_middleware(KeyAuth, access=access)
 
     def check_generation(prompt_chars: int, max_tokens: int | None, param: str) -> None:
         if prompt_chars > limits.max_input_chars:
@@ -133,14 +149,17 @@ def create_app(
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
         record = note_model(model.id, model.reference)
-        check_generation(
-            sum(len(m.text()) for m in request.messages), request.token_budget(), "messages"
+        chars = sum(len(m.text()) for m in request.messages)
+        check_generation(chars, request.token_budget(), "messages")
+        await reserve_tokens(
+            estimate_tokens(chars) + (request.token_budget() or default_max_tokens)
         )
         stream = await open_stream(backends().generate, chat_generation(request))
         if request.stream:
             body = sse_stream("chat", model.id, stream, request.include_usage())
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
         result = await collect(stream)
+        await settle_tokens(result.prompt_tokens + result.completion_tokens)
         if record is not None:
             record.generated(
                 [result.text], result.finish_reason, result.prompt_tokens, result.completion_tokens
@@ -155,6 +174,8 @@ def create_app(
         if len(request.prompts()) > limits.max_inputs:
             raise _too_large("'prompt'", limits.max_inputs, "prompts", "prompt")
         generations = completion_generations(request)
+        budget = request.max_tokens or default_max_tokens
+        await reserve_tokens(sum(estimate_tokens(len(p)) + budget for p in request.prompts()))
         if request.stream:
             stream = await open_stream(backends().generate, generations[0])
             body = sse_stream("completion", model.id, stream, request.include_usage())
@@ -164,6 +185,7 @@ def create_app(
             return await collect(await open_stream(backends().generate, generation))
 
         results = await asyncio.gather(*(run(g) for g in generations))
+        await settle_tokens(sum(r.prompt_tokens + r.completion_tokens for r in results))
         if record is not None:
             record.generated(
                 [r.text for r in results],
@@ -179,6 +201,7 @@ def create_app(
         record = note_model(model.id, model.reference)
         texts = request.texts()
         _check_texts(texts, limits, "input", allow_empty=False)
+        await reserve_tokens(sum(estimate_tokens(len(t)) for t in texts))
         try:
             encoded = await backends().embed(texts)
         except Exception as exc:
@@ -193,6 +216,7 @@ def create_app(
                 param="dimensions",
             )
         tokens = sum(e.tokens for e in encoded)
+        await settle_tokens(tokens)
         if record is not None:
             record.output = {"embeddings": [e.floats() for e in encoded]}
             record.usage = Usage(prompt_tokens=tokens)
@@ -219,6 +243,7 @@ def create_app(
         _check_texts(request.texts, limits, "texts", allow_empty=True)
         model = registry.translator(request.target_lang)
         record = note_model(model.id, model.reference)
+        await reserve_tokens(sum(2 * estimate_tokens(len(t)) for t in request.texts))
         try:
             translations = await backends().translate(request.target_lang, request.texts)
         except Exception as exc:

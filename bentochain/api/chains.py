@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bentochain.api.auth import estimate_tokens, reserve_tokens
 from bentochain.api.backends import Backends, upstream_error
 from bentochain.api.errors import APIError, validation_message
 from bentochain.api.recording import note_model
@@ -108,6 +109,7 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
         record = note_model(name)
         body = await _body(request, InvokeRequest)
         value = _check_input(spec, body.input, "input")
+        await reserve_tokens(estimate_tokens(len(json.dumps(value))))
         run_id = str(uuid.uuid4())
         try:
             output = await backends().chain(name).invoke(value, body.config, run_id)
@@ -131,6 +133,7 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
                 param="inputs",
             )
         values = [_check_input(spec, v, f"inputs.{i}") for i, v in enumerate(body.inputs)]
+        await reserve_tokens(sum(estimate_tokens(len(json.dumps(v))) for v in values))
         run_ids = [str(uuid.uuid4()) for _ in values]
         try:
             outputs = await backends().chain(name).batch(values, body.config, run_ids)
@@ -146,6 +149,7 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
         record = note_model(name)
         body = await _body(request, InvokeRequest)
         value = _check_input(spec, body.input, "input")
+        await reserve_tokens(estimate_tokens(len(json.dumps(value))))
         run_id = str(uuid.uuid4())
         events = backends().chain(name).stream(value, body.config, run_id)
 

@@ -16,6 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bentochain.api.auth import settle_tokens
 from bentochain.api.backends import upstream_error
 from bentochain.api.errors import APIError
 from bentochain.api.recording import draft
@@ -220,6 +221,7 @@ async def sse_stream(
                         pieces.append(event.text)
                     yield _sse(chunk(event.text, None))
                 elif isinstance(event, Finished):
+                    await settle_tokens(event.prompt_tokens + event.completion_tokens)
                     if record is not None:
                         record.generated(
                             ["".join(pieces)],

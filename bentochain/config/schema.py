@@ -429,8 +429,40 @@ class Limits(Section):
     )
 
 
+class AuthSettings(Section):
+    """Who may call the gateway. ``keys``: an API key (``bentochain keys create``) in
+    ``Authorization: Bearer``; ``open``: anyone who reaches it, so only on loopback unless
+    ``allow_open`` says a trusted proxy stands in front."""
+
+    mode: Literal["open", "keys"] = "open"
+    allow_open: bool = Field(
+        False, description="serve open on a non-loopback address (behind a trusted proxy)"
+    )
+    store: Literal["file", "redis"] = Field(
+        "file", description="where key hashes live: the state folder, or Redis (replicas share)"
+    )
+    keys_file: str = Field(
+        "var/api_keys.json", description="the file store (relative: to the project folder)"
+    )
+    redis_url: str | None = Field(None, description="redis://host:port/db for the redis store")
+    limits: Literal["process", "redis"] = Field(
+        "process",
+        description="per-key counters: in each worker (process), or shared through Redis",
+    )
+    refresh_seconds: PositiveFloat = Field(
+        2.0, description="how often keys are re-read: a revoked key works this long at most"
+    )
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> AuthSettings:
+        if (self.store == "redis" or self.limits == "redis") and not self.redis_url:
+            raise ValueError("store or limits 'redis' needs redis_url")
+        return self
+
+
 class GatewaySettings(ServiceSettings):
     limits: Limits = Limits()
+    auth: AuthSettings = AuthSettings()
 
 
 class ProviderSettings(Section):

@@ -315,3 +315,42 @@ def _record_families() -> tuple[Any, Any]:
     for reason in ("queue_full", "write_error"):  # at 0 from the start: a loss shows as a rise
         dropped.labels(reason=reason)
     return written, dropped
+
+
+@functools.cache
+def _key_families() -> tuple[Any, Any]:
+    import bentoml
+
+    requests = bentoml.metrics.Counter(
+        name="bentochain_api_key_requests",
+        documentation=(
+            "Requests by API key name (never the key) and outcome: ok, unauthorized (no or a "
+            "wrong key, name empty), or the limit that refused it: requests, tokens, concurrent."
+        ),
+        labelnames=["key", "outcome"],
+    )
+    tokens = bentoml.metrics.Counter(
+        name="bentochain_api_key_tokens",
+        documentation="Tokens (prompt + completion) used, by API key name.",
+        labelnames=["key"],
+    )
+    return requests, tokens
+
+
+class PrometheusKeyMetrics:
+    """``KeyMetrics`` as ``bentochain_api_key_requests_total{key,outcome}`` and
+    ``bentochain_api_key_tokens_total{key}``, made on first use (in a worker)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @functools.cached_property
+    def _families(self) -> tuple[Any, Any]:
+        with self._lock:
+            return _key_families()
+
+    def request(self, key: str, outcome: str) -> None:
+        self._families[0].labels(key=key, outcome=outcome).inc()
+
+    def tokens(self, key: str, count: int) -> None:
+        self._families[1].labels(key=key).inc(count)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import bentoml
 
     from bentochain.observability.records import RecordWriter
+    from bentochain.security.access import Access
+    from bentochain.security.keys import KeyStore
     from bentochain.serving.upstream import Upstream
 
 EXIT_BAD_PROFILE = 2
@@ -140,3 +142,31 @@ def quality_recorder(settings: Settings) -> RecordWriter | None:
         redact_paths=records.redact,
         metrics=PrometheusRecordMetrics(),
     )
+
+
+def key_access(settings: Settings) -> Access | None:
+    """The gateway's keys and limits when the profile wants keys (``gateway.auth``)."""
+    from bentochain.observability.metrics import PrometheusKeyMetrics
+    from bentochain.security.access import Access
+    from bentochain.security.keys import KeyRing
+    from bentochain.security.limits import InProcessLimiter, Limiter, RedisLimiter
+
+    auth = settings.gateway.auth
+    if auth.mode != "keys":
+        return None
+    limiter: Limiter = (
+        RedisLimiter(auth.redis_url or "") if auth.limits == "redis" else InProcessLimiter()
+    )
+    ring = KeyRing(key_store(settings), refresh_seconds=auth.refresh_seconds)
+    return Access(ring, limiter, PrometheusKeyMetrics())
+
+
+def key_store(settings: Settings) -> KeyStore:
+    """Where the profile keeps API key hashes: a file in the project, or Redis."""
+    from bentochain.config.loader import project_path
+    from bentochain.security.keys import FileKeyStore, RedisKeyStore
+
+    auth = settings.gateway.auth
+    if auth.store == "redis":
+        return RedisKeyStore(auth.redis_url or "")
+    return FileKeyStore(project_path(auth.keys_file))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +69,6 @@ def profile(**overrides: str) -> Settings:
     environ = {"BENTOCHAIN_LLM__MODEL": "demo:llama-tiny"}
     environ.update({f"BENTOCHAIN_{k.upper()}": v for k, v in overrides.items()})
     return load_settings(DEFAULT_PROFILE, environ)
-
-
-@pytest.fixture(scope="module")
-def engines(demo_dir: Path, embedder_dir: Path) -> Iterator[LocalBackends]:
-    llm = LLMEngine(demo_dir / "llama-tiny", EngineConfig(default_max_tokens=16))
-    translators = {
-        lang: Translator(demo_dir / f"marian-en-{lang}", max_new_tokens=8, num_beams=1)
-        for lang in ("fr", "es")
-    }
-    yield LocalBackends(llm, SentenceEncoder(embedder_dir), translators)
-    llm.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ LAYERS = {  # a package may import the ones of a lower rank
     "api": 4,
     "serving": 3,
     "llms": 2,
+    "security": 2,  # API keys and their limits
     "observability": 2,  # reads the profile's config and the engines' events
     "engines": 1,
     "rag": 1,

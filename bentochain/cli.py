@@ -132,6 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "--working-dir",
         str(PROJECT_ROOT),
     )
+    from bentochain.serving.internal import internal_token
+
+    internal_token()  # this run's, in the environment every server inherits
     os.chdir(PROJECT_ROOT)
     os.execv(sys.executable, command)
 

@@ -341,7 +341,7 @@ async def served_runs(
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         via_gateway = GatewayClient(session, gateway, model)
-        direct = DirectClient(session, llm)
+        direct = DirectClient(session, llm, topology.internal_token)
         await burst(via_gateway, requests[:4], "warm-up")
         log("served: saturation through the gateway")
         results.runs["served"] = summarize(await burst(via_gateway, requests, "served (gateway)"))

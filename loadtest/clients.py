@@ -17,6 +17,7 @@ import aiohttp
 
 from bentochain.engines.llm.engine import LLMEngine
 from bentochain.engines.llm.types import Delta, Failed, Finished, GenerationRequest, SamplingParams
+from bentochain.serving.internal import HEADER
 from loadtest.dataset import BenchRequest
 
 
@@ -128,14 +129,17 @@ class GatewayClient:
 class DirectClient:
     """The LLM service's own BentoML API, bypassing the gateway."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, internal_token: str) -> None:
         self.session, self.url = session, url
+        self.headers = {HEADER: internal_token}  # the service takes calls from services only
 
     async def run(self, request: BenchRequest) -> Result:
         body = {"request": {"prompt": request.prompt, "params": _params(request)}}
         timer = _Timer(request)
         try:
-            async with self.session.post(f"{self.url}/generate", json=body) as response:
+            async with self.session.post(
+                f"{self.url}/generate", json=body, headers=self.headers
+            ) as response:
                 if response.status != 200:
                     return timer.fail(f"{response.status}: {(await response.text())[:200]}")
                 async for line in _lines(response):

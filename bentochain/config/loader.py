@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from bentochain.config.schema import Settings
 
 CONFIG_ENV = "BENTOCHAIN_CONFIG"
+INTERNAL_TOKEN_ENV = "BENTOCHAIN_INTERNAL_TOKEN"  # a secret of the run, not a profile key
+NOT_PROFILE_KEYS = frozenset({CONFIG_ENV, INTERNAL_TOKEN_ENV})
 ENV_PREFIX = "BENTOCHAIN_"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = PROJECT_ROOT / "configs" / "default.yaml"
@@ -115,7 +117,7 @@ def _unknown_env_sections(environ: Mapping[str, str]) -> list[str]:
         name
         for name in environ
         if name.upper().startswith(ENV_PREFIX)
-        and name.upper() != CONFIG_ENV
+        and name.upper() not in NOT_PROFILE_KEYS
         and name.upper()[len(ENV_PREFIX) :].split("__", 1)[0] not in sections
     )
 
@@ -175,7 +177,7 @@ class _EnvSource(PydanticBaseSettingsSource):
         result: dict[str, Any] = {}
         for name, value in self._environ.items():
             upper = name.upper()
-            if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            if not upper.startswith(ENV_PREFIX) or upper in NOT_PROFILE_KEYS:
                 continue
             parts = _key_path(name[len(ENV_PREFIX) :].split("__"))
             node = result

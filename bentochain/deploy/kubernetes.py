@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bentochain.config.loader import PROJECT_ROOT
+from bentochain.config.loader import INTERNAL_TOKEN_ENV, PROJECT_ROOT
 from bentochain.config.schema import (
     SERVICE_KEYS,
     LLMSettings,
@@ -181,7 +181,20 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
     command = server_command(
         service, "0.0.0.0", PORT, depends, target=BENTO_PATH, working_dir=None, python="python"
     )
-    env = [{"name": "BENTOCHAIN_CONFIG", "value": config}]
+    env: list[Object] = [
+        {"name": "BENTOCHAIN_CONFIG", "value": config},
+        # Required: a pod without the token would make its own, and the calls between services
+        # would fail. Missing from the Secret, the pod does not start, and says why.
+        {
+            "name": INTERNAL_TOKEN_ENV,
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": settings.deploy.kubernetes.secret,
+                    "key": INTERNAL_TOKEN_ENV,
+                }
+            },
+        },
+    ]
     if service in CHAIN_SERVICES:
         env.append({"name": "BENTOCHAIN_CHAINS__STATE_DIR", "value": STATE_DIR})
     env += caller_env(settings, service)

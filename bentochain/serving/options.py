@@ -59,13 +59,14 @@ def service_options(
 
 
 def install_middleware(service: Any, settings: Settings) -> Any:
-    """What every service runs in front of its APIs: the request's id and trace headers, drain
-    on SIGTERM and ``/load``, then the request's versions (canary pinning). Returns
-    ``service``."""
+    """What every service runs in front of its APIs: the request's id and trace headers, the
+    internal token (all but the Gateway), drain on SIGTERM and ``/load``, then the request's
+    versions (canary pinning). Returns ``service``."""
     from bentochain.observability.context import RequestContext
     from bentochain.observability.logs import use_json_logs
     from bentochain.observability.tracing import keep_service_names, resolve
     from bentochain.serving.drain import DrainMiddleware
+    from bentochain.serving.internal import InternalOnly, internal_token
     from bentochain.serving.upstream.routing import RoutingMiddleware
 
     keep_service_names()
@@ -73,6 +74,8 @@ def install_middleware(service: Any, settings: Settings) -> Any:
         use_json_logs()
     export = resolve(settings.observability.tracing, os.environ)  # checked by service_options
     service.add_asgi_middleware(RequestContext, export=export)
+    if service.name != "Gateway":  # the entry service is the one door: the others are closed
+        service.add_asgi_middleware(InternalOnly, token=internal_token())
     service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))
     service.add_asgi_middleware(RoutingMiddleware)
     return service

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bentochain.config.loader import PROJECT_ROOT, ProfileError, load_settings
 from bentochain.config.schema import ReplicaAddress, Settings, env_key
+from bentochain.serving.internal import internal_token
 from bentochain.serving.launch import launch_command
 from bentochain.serving.upstream.discovery import ReplicaFile, TrackFile
 from bentochain.serving.upstream.replicas import CANARY, STABLE
@@ -59,7 +60,10 @@ STOP_MARGIN = 15.0  # beyond the drain's grace, for the process to exit
 Report = Callable[[str], None]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -261,6 +265,7 @@ class SplitTopology:
 
     def __post_init__(self) -> None:
         self._env = dict(os.environ if self.env is None else self.env)
+        self.internal_token = internal_token(self._env)  # one for every server of this run
         self.state_dir = split_state_dir(self._env, self.port)
         self._lock = threading.RLock()
         self._rolling = threading.Lock()
@@ -287,6 +292,10 @@ class SplitTopology:
     def status(self) -> list[dict[str, object]]:
         with self._lock:
             return [s.summary() for servers in self.servers.values() for s in servers]
+
+    def bind_host(self, service: str) -> str:
+        """Only the Gateway faces the network; the others take pickled bodies: loopback."""
+        return self.host if service == "Gateway" else LOOPBACK
 
     def _profile(self) -> Settings:
         return load_settings(environ=self._env)
@@ -320,10 +329,11 @@ class SplitTopology:
             env[env_key(service, "model")] = str(canary.model)
         urls = self.urls
         depends = {name: urls[name] for name in callees_of(service)}
-        port = self.port if service == "Gateway" else free_port(self.host)
+        host = self.bind_host(service)
+        port = self.port if service == "Gateway" else free_port(host)
         log = None if self.log_dir is None else self.log_dir / f"{service}-{port}.log"
-        process = spawn(server_command(service, self.host, port, depends), env, log)
-        server = ServerProcess(service, track, port, process, f"http://{self.host}:{port}")
+        process = spawn(server_command(service, host, port, depends), env, log)
+        server = ServerProcess(service, track, port, process, f"http://{host}:{port}")
         with self._lock:
             self.servers.setdefault(service, []).append(server)
         return server

@@ -8,6 +8,7 @@ stopped (their whole process group) when the session ends.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
+from bentochain.serving.internal import TOKEN_ENV
 from bentochain.serving.topology import SplitTopology, composed_server, free_port
 from bentochain.sql.demo import SCHEMA, build_shop
 from tests.support.otlp import Collector, otlp_collector
@@ -55,6 +57,7 @@ def served_env(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -
             "BENTOML_DO_NOT_TRACK": "True",
             "BENTOCHAIN_CHAINS__STATE_DIR": str(home / "state"),  # not the checkout's var/
             "BENTOCHAIN_OBSERVABILITY__TRACING__ENDPOINT": collector.endpoint,
+            TOKEN_ENV: secrets.token_hex(16),  # known here: tests call model services directly
             RECORDS_DIR: str(home / "records"),  # each server of its own: see the fixtures
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }

@@ -17,7 +17,9 @@ import pytest
 from bentochain.config.loader import PROJECT_ROOT
 from bentochain.security.keys import KeyRecord, Limits
 from bentochain.security.limits import Admission, BucketState, RedisLimiter
+from bentochain.serving.internal import HEADER, TOKEN_ENV
 from bentochain.serving.topology import composed_server, free_port
+from tests.integration.conftest import Server
 from tests.support.serving import samples, until
 from tests.support.system import redis_server
 
@@ -128,3 +130,33 @@ def test_limits_in_redis_are_shared_by_every_worker(tmp_path: Path) -> None:
     assert reserved.admitted and reserved.state.remaining == pytest.approx(200, abs=1)
     assert not short.admitted and short.reason == "tokens"
     assert isinstance(settled, BucketState) and settled.remaining == pytest.approx(900, abs=1)
+
+
+def test_a_model_service_refuses_a_call_without_the_internal_token(
+    split: Server, served_env: dict[str, str]
+) -> None:
+    llm = split.services["LLM"]
+    body = {"request": {"prompt": "hi", "params": {"max_tokens": 2}}}
+    pickled = b"\x80\x04\x95 not even a valid pickle"  # refused before it is read
+    for headers, content in (
+        ({}, None),
+        ({HEADER: "not-the-token"}, None),
+        ({"content-type": "application/vnd.bentoml+pickle"}, pickled),
+    ):
+        refused = httpx.post(
+            f"{llm}/generate",
+            json=body if content is None else None,
+            content=content,
+            headers=headers,
+            timeout=30,
+        )
+        assert refused.status_code == 401, (headers, refused.text)
+        assert "from the other bentochain services only" in refused.text
+    assert httpx.get(f"{llm}/readyz", timeout=30).status_code == 200  # probes stay open
+    allowed = httpx.post(
+        f"{llm}/generate", json=body, headers={HEADER: served_env[TOKEN_ENV]}, timeout=60
+    )
+    assert allowed.status_code == 200 and '"type":"finished"' in allowed.text
+    # The gateway, which has the token, still reaches it.
+    chat = {"model": "llama-tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(f"{split.v1}/chat/completions", json=chat, timeout=60).status_code == 200

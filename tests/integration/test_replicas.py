@@ -30,6 +30,7 @@ import yaml
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
 from bentochain.config.schema import env_key
 from bentochain.serving.control import Command, send
+from bentochain.serving.internal import HEADER, TOKEN_ENV
 from bentochain.serving.topology import (
     CALLEES,
     caller_env,
@@ -78,6 +79,11 @@ class Split:
             for s in self.status()
             if s["service"] == service and s["state"] == "serving" and s["version"] == version
         ]
+
+    @property
+    def internal(self) -> dict[str, str]:
+        """What a direct call to a model service must carry (see serving/internal.py)."""
+        return {HEADER: self.env[TOKEN_ENV]}
 
     def llm_replicas_ready(self) -> bool:
         servers = self.serving("LLM")
@@ -201,7 +207,7 @@ def test_least_connections_sends_to_the_idle_replica(split: Split, tmp_path: Pat
     with gateway_with(split, tmp_path, strategy="least_connections") as gateway:
 
         async def scenario() -> tuple[Counter[str], dict[str, float]]:
-            async with httpx.AsyncClient(timeout=300) as http:
+            async with httpx.AsyncClient(timeout=300, headers=split.internal) as http:
                 long = Streamed()
                 task = asyncio.create_task(stream_chat(http, gateway, "long", 30_000, long))
                 await long.first.wait()
@@ -236,7 +242,7 @@ def test_least_load_avoids_a_replica_busy_with_another_callers_work(split: Split
             }
         }
         async with (
-            httpx.AsyncClient(timeout=300) as http,
+            httpx.AsyncClient(timeout=300, headers=split.internal) as http,
             http.stream("POST", f"{first}/generate", json=body) as direct,
         ):
             assert direct.status_code == 200
@@ -270,7 +276,7 @@ def test_sigterm_drains_a_replica_and_every_stream_ends_whole(split: Split) -> N
     victim: dict[str, Any] = {}
 
     async def scenario() -> tuple[list[Streamed], list[int], tuple[int, str | None], int]:
-        async with httpx.AsyncClient(timeout=600) as http:
+        async with httpx.AsyncClient(timeout=600, headers=split.internal) as http:
             records = [Streamed() for _ in range(32)]
             tasks = [
                 asyncio.create_task(stream_chat(http, split.url, f"drain {i}", 120, r))
@@ -314,7 +320,7 @@ def test_a_killed_replica_costs_only_its_own_requests(split: Split) -> None:
     before = upstream_counts(split.url, "LLM", "connect_error")
 
     async def scenario() -> tuple[list[Streamed], int, list[int]]:
-        async with httpx.AsyncClient(timeout=600) as http:
+        async with httpx.AsyncClient(timeout=600, headers=split.internal) as http:
             records = [Streamed() for _ in range(8)]
             tasks = [
                 asyncio.create_task(stream_chat(http, split.url, f"kill {i}", 2000, r))
@@ -360,7 +366,7 @@ def test_rollout_under_load_loses_nothing(split: Split) -> None:
 
     async def scenario() -> tuple[list[Streamed], subprocess.CompletedProcess[str], float]:
         done: list[Streamed] = []
-        async with httpx.AsyncClient(timeout=600) as http:
+        async with httpx.AsyncClient(timeout=600, headers=split.internal) as http:
             clients = [asyncio.create_task(client(http, i, done)) for i in range(32)]
             started = time.monotonic()
             rolled = await asyncio.to_thread(split.cli, "rollout", "LLM")

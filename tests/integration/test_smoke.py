@@ -39,7 +39,7 @@ def test_smoke_fails_naming_the_call_when_no_gateway_answers(split: Server) -> N
     refused = smoke(f"http://127.0.0.1:{free_port()}")
     assert refused.returncode == 1
     assert "smoke: GET /readyz: no answer" in refused.stderr
-    # A model service is not a gateway: it has no /v1/models.
+    # A model service is not a gateway, and it refuses callers without the internal token.
     wrong = smoke(split.services["LLM"])
     assert wrong.returncode == 1
-    assert "smoke: GET /v1/models: HTTP 404" in wrong.stderr
+    assert "smoke: GET /v1/models: HTTP 401" in wrong.stderr  # it takes calls from services

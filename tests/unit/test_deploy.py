@@ -151,8 +151,19 @@ def test_pods_run_the_split_command_with_probes_and_a_drain_that_fits(
             grace = settings.grace_seconds(service)
             assert pod["terminationGracePeriodSeconds"] > prestop + grace
             assert {"secretRef": {"name": settings.deploy.kubernetes.secret}} in server["envFrom"]
-            env = {e["name"]: e["value"] for e in server["env"]}
+            env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
             assert not any("KEY" in name and value for name, value in env.items())
+            # The internal token comes from the Secret, and a pod without it does not start.
+            (token,) = [e for e in server["env"] if e["name"] == "BENTOCHAIN_INTERNAL_TOKEN"]
+            assert token == {
+                "name": "BENTOCHAIN_INTERNAL_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": settings.deploy.kubernetes.secret,
+                        "key": "BENTOCHAIN_INTERNAL_TOKEN",
+                    }
+                },
+            }
 
 
 def test_callers_reach_each_dependency_through_its_headless_service(
@@ -167,7 +178,7 @@ def test_callers_reach_each_dependency_through_its_headless_service(
         for caller in callers_of(service):
             (deployment, *_) = deployments_of(objects, caller)
             (server,) = deployment["spec"]["template"]["spec"]["containers"]
-            env = {e["name"]: e["value"] for e in server["env"]}
+            env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
             assert env[env_key(service, "upstream", "dns")] == NAMES[service]
             args = server["args"]
             assert f"{service}=http://{NAMES[service]}:3000" in args

@@ -534,3 +534,12 @@ def test_servers_keep_idle_connections_longer_than_callers_reuse_them() -> None:
     server_keeps = float(args[args.index("--timeout-keep-alive") + 1])
     assert server_keeps > asyncio.run(callers_reuse())
     assert server_args(["--timeout-keep-alive", "9"]) == ["--timeout-keep-alive", "9"]
+
+
+def test_in_the_split_topology_only_the_gateway_binds_the_asked_address() -> None:
+    from bentochain.serving.topology import LOOPBACK, SplitTopology
+
+    topology = SplitTopology(host="0.0.0.0", env={"BENTOCHAIN_INTERNAL_TOKEN": "t"})
+    assert topology.bind_host("Gateway") == "0.0.0.0"
+    assert {topology.bind_host(s) for s in ("LLM", "Embedder", "SQLChain")} == {LOOPBACK}
+    assert topology.internal_token == "t"

@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 
 from bentochain.config.schema import Connection, UpstreamSettings
 from bentochain.observability import context
+from bentochain.serving.internal import HEADER, internal_token
 from bentochain.serving.upstream import routing
 from bentochain.serving.upstream.balancing import STRATEGIES, Balancer, SmoothWeighted
 from bentochain.serving.upstream.discovery import Discovery, Membership
@@ -155,6 +156,7 @@ class Upstream:
         self.media_type = media_type
         self.metrics = metrics or _NoMetrics()
         self.clock = clock
+        self._internal = {HEADER: internal_token()}  # what the callee's door asks for
         self.tracks: dict[str, list[Replica]] = {}
         self.weights: dict[str, float] = {}
         self._balancers: dict[str, Balancer] = {}
@@ -228,7 +230,7 @@ class Upstream:
         session = await self._client(replica.url)._session_manager.get_session()
         timeout = aiohttp.ClientTimeout(total=max(2.0, self.settings.probe_seconds * 2))
         try:
-            async with session.get("/load", timeout=timeout) as response:
+            async with session.get("/load", timeout=timeout, headers=self._internal) as response:
                 report = await response.json() if response.ok else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             report = None
@@ -352,6 +354,7 @@ class Upstream:
             "Content-Type": client.media_type,
             **routing.outgoing(),
             **context.outgoing(),
+            **self._internal,
         }
         if replica.draining:
             headers[LAST_RESORT_HEADER] = "1"

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from bentochain.api.errors import APIError
+import aiohttp
+
+from bentochain.api.errors import APIError, internal_error
 from bentochain.engines.encoder import EncodedText
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.serving.upstream import UpstreamError
@@ -34,35 +36,44 @@ class Backends(Protocol):
         ...
 
 
-def upstream_error(exc: Exception, service: str) -> APIError:
-    """Map a failed call to a model service to what the gateway's client should see."""
+def upstream_error(exc: BaseException, service: str) -> APIError:
+    """What the client of the gateway should see when a call to ``service`` failed: the one
+    place a failure becomes a status. A dependency down or draining: 503 with Retry-After; too
+    slow: 504; refusing the request: its own 4xx; failing: 502; anything else is a bug of
+    ours: 500 ``internal_error`` with the request id, and the traceback in the log."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, UpstreamError) and exc.code in ("draining", "unavailable"):
+    if isinstance(exc, UpstreamError):
+        return _from_upstream(exc, service)
+    if isinstance(exc, TimeoutError):
+        return APIError(504, f"The {service} service did not answer in time.", code="timeout")
+    if isinstance(exc, ConnectionError | aiohttp.ClientConnectionError):
+        return APIError(
+            503,
+            f"The {service} service is unreachable ({type(exc).__name__}); retry shortly.",
+            code="upstream_unavailable",
+            retry_after=1.0,
+        )
+    return internal_error(exc)
+
+
+def _from_upstream(exc: UpstreamError, service: str) -> APIError:
+    if exc.code in ("draining", "unavailable"):
         return APIError(
             503,
             f"The {service} service is unavailable: {exc.message}; retry shortly.",
             code="upstream_unavailable",
             retry_after=exc.retry_after or 1.0,
         )
-    status = exc.status if isinstance(exc, UpstreamError) else 0
-    if status in (429, 503):
+    if exc.status in (429, 503):
         return APIError(
-            status,
+            503,
             f"The {service} service is overloaded; retry shortly.",
             code="overloaded",
             retry_after=1.0,
         )
-    if status == 504 or isinstance(exc, TimeoutError):
+    if exc.status == 504 or exc.code == "timeout":
         return APIError(504, f"The {service} service did not answer in time.", code="timeout")
-    detail = exc.message if isinstance(exc, UpstreamError) else str(exc)
-    if 400 <= status < 500:
-        return APIError(status, f"The {service} service refused the request: {detail}")
-    if status >= 500:
-        return APIError(502, f"The {service} service failed: {detail}", code="upstream_error")
-    return APIError(
-        503,
-        f"The {service} service is unreachable ({type(exc).__name__}); retry shortly.",
-        code="upstream_unavailable",
-        retry_after=1.0,
-    )
+    if 400 <= exc.status < 500:
+        return APIError(exc.status, f"The {service} service refused the request: {exc.message}")
+    return APIError(502, f"The {service} service failed: {exc.message}", code="upstream_error")

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
+from bentochain.observability.context import request_id
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -128,5 +130,17 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error in the gateway")
-        return APIError(500, "The server had an error while processing your request.").response()
+        return internal_error(exc).response()
+
+
+def internal_error(exc: BaseException) -> APIError:
+    """A bug of ours: logged with its traceback, answered 500 with the request's id (what the
+    log line and the trace are found by), never passed off as a dependency's failure."""
+    current = request_id() or "unknown"
+    logger.error("internal error (request %s): %r", current, exc, exc_info=exc)
+    return APIError(
+        500,
+        f"The server had an error while processing your request (request id {current}); "
+        "it is in the server's log.",
+        code="internal_error",
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 from uuid import UUID
@@ -27,9 +28,11 @@ from bentochain.engines.llm.types import GenerationRequest
 from bentochain.llms.bento import LLMServiceError
 from bentochain.llms.resilience import AllProvidersFailed, ResilientChatModel
 from bentochain.observability.chains import ChainTelemetry, StepMetrics
+from bentochain.observability.context import request_id
 from bentochain.serving.upstream import Upstream, UpstreamError
 from bentochain.serving.upstream.routing import run_scope
 
+logger = logging.getLogger(__name__)
 MAX_STEP_CHARS = 20_000  # a step's output in the stream is cut past this
 
 
@@ -84,7 +87,14 @@ def chain_error(exc: BaseException, chain: str) -> ChainError:
         return ChainError(status, str(exc))
     if isinstance(exc, TimeoutError):
         return ChainError(504, f"The '{chain}' chain did not finish in time.")
-    return ChainError(500, f"The '{chain}' chain failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, ConnectionError):
+        return ChainError(503, f"The '{chain}' chain could not reach a service: {exc!r}")
+    current = request_id() or "unknown"
+    logger.error("the '%s' chain failed (request %s)", chain, current, exc_info=exc)
+    return ChainError(
+        500,
+        f"The '{chain}' chain had an internal error (request id {current}); it is in the log.",
+    )
 
 
 def jsonable(value: Any) -> Any:

@@ -81,11 +81,11 @@ def app(engines: LocalBackends) -> FastAPI:
     return create_app(settings, lambda: engines)
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
+def client_for(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
 
 
-def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+def call(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
     async def go() -> httpx.Response:
         async with client_for(app) as client:
             return await client.request(method, path, **kwargs)
@@ -511,6 +511,8 @@ def translate_runner(backends: Backends) -> ChainRunner:
         ("draining", 503),
         ("timeout", 504),
         ("failed", 502),
+        ("refused", 503),
+        ("bug", 500),
     ],
 )
 def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> None:
@@ -523,16 +525,23 @@ def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> 
         "draining": UpstreamError("LLM", 503, "shutting down", code="draining"),
         "timeout": UpstreamError("LLM", 504, "too slow", code="timeout"),
         "failed": UpstreamError("LLM", 502, "connection dropped", code="broken"),
+        "refused": ConnectionRefusedError("connection refused"),
+        "bug": TypeError("a bug of ours"),  # never reported as a dependency's failure
     }
     backends: Backends = FailingBackends(errors[exc])
-    app = create_app(profile(), lambda: backends)
+    app = RequestContext(create_app(profile(), lambda: backends))
     for path, body in (
         ("/v1/chat/completions", GOOD_CHAT),
         ("/v1/embeddings", {"model": EMBED, "input": "x"}),
         ("/translate", {"texts": ["x"], "target_lang": "fr"}),
         ("/chains/translate/invoke", {"input": {"question": "x", "target_lang": "fr"}}),
     ):
-        assert_openai_error(call(app, "POST", path, json=body), status)
+        answer = call(app, "POST", path, json=body)
+        error = assert_openai_error(answer, status)
+        if exc == "bug":
+            assert answer.headers["x-request-id"] in error["message"], path
+            assert "internal error" in error["message"] or error["code"] == "internal_error"
+            assert "unreachable" not in error["message"]
 
 
 def test_sse_lines_survive_any_generated_character() -> None:

@@ -231,6 +231,14 @@ class UpstreamSettings(Discovery):
         1.0, description="how often a busy caller asks each replica for its load (/load)"
     )
     connect_timeout: PositiveFloat = Field(5.0, description="seconds to open a connection")
+    circuit_failures: PositiveInt = Field(
+        5,
+        description=(
+            "calls in a row that reach no replica before the circuit opens: then calls fail "
+            "at once (503) until the cooldown ends and one trial call goes through"
+        ),
+    )
+    circuit_cooldown_seconds: PositiveFloat = Field(10.0, description="how long it stays open")
 
 
 class LLMUpstream(UpstreamSettings):

@@ -184,15 +184,17 @@ class CacheMetrics:
         (self._hits if hit else self._misses).inc()
 
 
+CIRCUIT_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 UPSTREAM_METRIC_NAMES = (
     "bentochain_upstream_requests_total",
+    "bentochain_upstream_circuit_state",
     "bentochain_upstream_in_flight_requests",
     "bentochain_upstream_replica_load",
 )
 
 
 @functools.cache
-def _upstream_families() -> tuple[Any, Any, Any]:
+def _upstream_families() -> tuple[Any, Any, Any, Any]:
     """One counter and one gauge per process, shared by every dependency it calls (a
     Prometheus registry holds each name once)."""
     import bentoml
@@ -221,7 +223,16 @@ def _upstream_families() -> tuple[Any, Any, Any]:
         labelnames=["service", "replica", "version"],
         multiprocess_mode="livemostrecent",
     )
-    return requests, in_flight, load
+    circuit = bentoml.metrics.Gauge(
+        name="bentochain_upstream_circuit_state",
+        documentation=(
+            "Each dependency's circuit as this caller sees it: 0 closed, 1 half-open (one trial "
+            "call), 2 open (calls fail at once)."
+        ),
+        labelnames=["service"],
+        multiprocess_mode="livemax",
+    )
+    return requests, in_flight, load, circuit
 
 
 class PrometheusUpstreamMetrics:
@@ -230,7 +241,9 @@ class PrometheusUpstreamMetrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self._requests, self._in_flight, self._load = _upstream_families()
+        self._requests, self._in_flight, self._load, circuit = _upstream_families()
+        self._circuit = circuit.labels(service=service)
+        self._circuit.set(0)
 
     def attempt(self, replica: str, version: str, outcome: str) -> None:
         self._requests.labels(
@@ -242,6 +255,9 @@ class PrometheusUpstreamMetrics:
 
     def load(self, replica: str, version: str, load: float) -> None:
         self._load.labels(service=self.service, replica=replica, version=version).set(load)
+
+    def circuit(self, state: str) -> None:
+        self._circuit.set(CIRCUIT_STATES[state])
 
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import bentoml
 
-from bentochain.serving.readiness import dependencies_ready
+from bentochain.serving.readiness import dependency_states
 from bentochain.serving.upstream import Upstream
 
 
 class Caller:
-    """A service base: ``__init__`` sets ``self.calls`` (``startup.dependencies``)."""
+    """A service base: ``__init__`` sets ``self.calls`` (``startup.dependencies``).
+    ``required`` names the dependencies it cannot serve without (default: all of them)."""
 
     calls: dict[str, Upstream]
+    required: tuple[str, ...] | None = None
+
+    def required_dependencies(self) -> tuple[str, ...]:
+        return self.required if self.required is not None else tuple(self.calls)
 
     async def __is_ready__(self) -> bool:
-        return await dependencies_ready(self.calls.values())
+        ready, _ = await dependency_states(self.calls, self.required_dependencies())
+        return ready
 
     @bentoml.on_shutdown
     async def close_upstreams(self) -> None:

@@ -65,8 +65,10 @@ def install_middleware(service: Any, settings: Settings) -> Any:
     from bentochain.observability.context import RequestContext
     from bentochain.observability.logs import use_json_logs
     from bentochain.observability.tracing import keep_service_names, resolve
+    from bentochain.serving.caller import Caller
     from bentochain.serving.drain import DrainMiddleware
     from bentochain.serving.internal import InternalOnly, internal_token
+    from bentochain.serving.readiness import ReadinessReport
     from bentochain.serving.upstream.routing import RoutingMiddleware
 
     keep_service_names()
@@ -77,5 +79,7 @@ def install_middleware(service: Any, settings: Settings) -> Any:
     if service.name != "Gateway":  # the entry service is the one door: the others are closed
         service.add_asgi_middleware(InternalOnly, token=internal_token())
     service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))
+    if issubclass(service.inner, Caller):  # readiness per dependency, after the drain's
+        service.add_asgi_middleware(ReadinessReport)
     service.add_asgi_middleware(RoutingMiddleware)
     return service

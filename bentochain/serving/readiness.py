@@ -1,4 +1,9 @@
-"""Readiness of a caller: each dependency has a replica that answers its own ``/readyz``.
+"""Readiness of a caller, per dependency: which of them has a replica that answers its own
+``/readyz``, and whether the ones it cannot serve without do.
+
+The Gateway is ready while the LLM is; a chain service while the services its chain calls are.
+A dependency that is down makes only its own routes fail (fast, once its circuit opens), not the
+whole caller unready. ``/readyz`` answers with each dependency's state as JSON.
 
 BentoML's built-in check lets a connection error to a dependency that is still starting escape
 the handler; its timeout middleware then never answers that probe, and the request (and the
@@ -9,9 +14,12 @@ failure into "not ready" instead.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +34,54 @@ async def _ready(dependency: Any, seconds: float) -> bool:
         return False
 
 
-async def dependencies_ready(dependencies: Iterable[Any], seconds: float = PROBE_TIMEOUT) -> bool:
-    """True when every dependency (an ``Upstream``) answers ready within ``seconds``."""
-    results = await asyncio.gather(*(_ready(d, seconds) for d in dependencies))
-    return all(results)
+async def dependency_states(
+    calls: Mapping[str, Any], required: Iterable[str], seconds: float = PROBE_TIMEOUT
+) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """Ready or not (every required dependency is), and each dependency's state."""
+    names = list(calls)
+    answers = await asyncio.gather(*(_ready(calls[n], seconds) for n in names))
+    needed = set(required)
+    states = {
+        name: {
+            "ready": ok,
+            "required": name in needed,
+            "circuit": getattr(calls[name], "circuit", None) and calls[name].circuit.state,
+        }
+        for name, ok in zip(names, answers, strict=True)
+    }
+    return all(states[n]["ready"] for n in needed if n in states), states
+
+
+class ReadinessReport:
+    """``GET /readyz`` of a caller: 200 or 503, with every dependency's state as JSON."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/readyz":
+            await self.app(scope, receive, send)
+            return
+        import bentoml
+
+        body: dict[str, Any]
+        try:
+            instance = bentoml.get_current_service()
+            calls, required = instance.calls, instance.required_dependencies()
+        except Exception:  # not built yet: starting
+            ready, body = False, {"ready": False, "starting": True}
+        else:
+            ready, states = await dependency_states(calls, required)
+            body = {"ready": ready, "dependencies": states}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if ready else 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

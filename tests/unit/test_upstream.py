@@ -543,3 +543,71 @@ def test_in_the_split_topology_only_the_gateway_binds_the_asked_address() -> Non
     assert topology.bind_host("Gateway") == "0.0.0.0"
     assert {topology.bind_host(s) for s in ("LLM", "Embedder", "SQLChain")} == {LOOPBACK}
     assert topology.internal_token == "t"
+
+
+def test_a_dependency_that_fails_in_a_row_opens_its_circuit_then_tries_once() -> None:
+    """After ``circuit_failures`` calls that reach no replica, calls fail at once (no
+    connection is tried) until the cooldown; then one trial call goes, and its outcome closes
+    the circuit or opens it again."""
+    clock = Clock()
+
+    class Attempts:
+        def __init__(self) -> None:
+            self.outcomes: list[str] = []
+            self.states: list[str] = []
+
+        def attempt(self, replica: str, version: str, outcome: str) -> None:
+            self.outcomes.append(outcome)
+
+        def in_flight(self, replica: str, version: str, delta: int) -> None:
+            pass
+
+        def load(self, replica: str, version: str, load: float) -> None:
+            pass
+
+        def circuit(self, state: str) -> None:
+            self.states.append(state)
+
+    async def scenario() -> tuple[list[UpstreamError], Attempts, str, str]:
+        async with replicas("ok") as (live,):
+            port = live.port
+            await live.stop()  # down, at the address the caller knows
+            seen = Attempts()
+            up = upstream(
+                static(live.url),
+                clock,
+                retries=0,
+                circuit_failures=3,
+                circuit_cooldown_seconds=10,
+            )
+            up.metrics = seen
+            errors = []
+            try:
+                for _ in range(5):
+                    with pytest.raises(UpstreamError) as failed:
+                        await up.call("echo", text="x")
+                    errors.append(failed.value)
+                tried = len(seen.outcomes)
+                clock.now += 10  # the cooldown ends: one trial, still down
+                with pytest.raises(UpstreamError):
+                    await up.call("echo", text="x")
+                after_trial = up.circuit.state
+                assert len(seen.outcomes) == tried + 1
+                clock.now += 10
+                revived = FakeReplica("r0")
+                revived.port, revived.url = port, live.url
+                await revived.start()  # back: the next trial closes the circuit
+                try:
+                    assert (await up.call("echo", text="x")).startswith("r0")
+                finally:
+                    await revived.stop()
+                return errors, seen, after_trial, up.circuit.state
+            finally:
+                await up.aclose()
+
+    errors, seen, after_trial, last = run(scenario())
+    assert [e.code for e in errors] == ["unavailable"] * 5
+    assert seen.outcomes[:3] == ["connect_error"] * 3  # then nothing: the circuit is open
+    assert all("is down" in e.message and e.retry_after == 10 for e in errors[3:])
+    assert after_trial == "open" and last == "closed"
+    assert "open" in seen.states and seen.states[-1] == "closed"

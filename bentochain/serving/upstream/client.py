@@ -33,6 +33,7 @@ from bentochain.observability import context
 from bentochain.serving.internal import HEADER, internal_token
 from bentochain.serving.upstream import routing
 from bentochain.serving.upstream.balancing import STRATEGIES, Balancer, SmoothWeighted
+from bentochain.serving.upstream.circuit import Circuit
 from bentochain.serving.upstream.discovery import Discovery, Membership
 from bentochain.serving.upstream.replicas import Replica
 
@@ -76,6 +77,8 @@ class UpstreamMetrics(Protocol):
 
     def load(self, replica: str, version: str, load: float) -> None: ...
 
+    def circuit(self, state: str) -> None: ...
+
 
 class _NoMetrics:
     def attempt(self, replica: str, version: str, outcome: str) -> None:
@@ -85,6 +88,9 @@ class _NoMetrics:
         pass
 
     def load(self, replica: str, version: str, load: float) -> None:
+        pass
+
+    def circuit(self, state: str) -> None:
         pass
 
 
@@ -157,6 +163,9 @@ class Upstream:
         self.metrics = metrics or _NoMetrics()
         self.clock = clock
         self._internal = {HEADER: internal_token()}  # what the callee's door asks for
+        self.circuit = Circuit(
+            settings.circuit_failures, settings.circuit_cooldown_seconds, clock=clock
+        )
         self.tracks: dict[str, list[Replica]] = {}
         self.weights: dict[str, float] = {}
         self._balancers: dict[str, Balancer] = {}
@@ -307,7 +316,38 @@ class Upstream:
     async def _open(
         self, api: str, kwargs: Mapping[str, Any], limits: aiohttp.ClientTimeout
     ) -> _Opened:
-        """Send the request, moving to another replica while no byte of an answer came back."""
+        """Send the request, moving to another replica while no byte of an answer came back;
+        at once refused while the dependency's circuit is open."""
+        wait = self.circuit.wait()
+        if wait is not None:
+            raise UpstreamError(
+                self.name,
+                503,
+                f"{self.name} is down: {self.settings.circuit_failures} calls in a row reached "
+                f"none of its replicas; the next try is in {wait:.0f}s",
+                code="unavailable",
+                retry_after=wait,
+            )
+        self.metrics.circuit(self.circuit.state)
+        try:
+            opened = await self._send(api, kwargs, limits)
+        except UpstreamError as exc:
+            if exc.code in ("unavailable", "timeout"):
+                self.circuit.failed()
+            else:  # the dependency answered (a refusal is its own): it is up
+                self.circuit.succeeded()
+            self.metrics.circuit(self.circuit.state)
+            raise
+        except BaseException:
+            self.circuit.abandoned()
+            raise
+        self.circuit.succeeded()
+        self.metrics.circuit(self.circuit.state)
+        return opened
+
+    async def _send(
+        self, api: str, kwargs: Mapping[str, Any], limits: aiohttp.ClientTimeout
+    ) -> _Opened:
         await self._start()
         self._last_used = self.clock()
         track = self._track()

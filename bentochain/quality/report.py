@@ -84,7 +84,12 @@ def as_json(comparison: Comparison) -> dict[str, Any]:
 
 
 def plot(comparison: Comparison, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "bentochain: the replay's plot needs matplotlib: pip install 'bentochain[tools]'"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

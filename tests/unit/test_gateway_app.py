@@ -421,7 +421,11 @@ def test_gateway_concurrency_limit_answers_429_with_retry_after(engines: LocalBa
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         async with client_for(app) as client:
             first = asyncio.create_task(client.post("/v1/chat/completions", json=slow))
-            await asyncio.sleep(0.3)
+            for _ in range(2400):  # until the first one generates (bounded: 120 s)
+                if engines.llm.load() >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert engines.llm.load() >= 1
             refused = await client.post("/v1/chat/completions", json=GOOD_CHAT)
             return await first, refused
 

@@ -35,7 +35,7 @@ from bentochain.api.generation import (
     open_stream,
     sse_stream,
 )
-from bentochain.api.limits import BodySizeLimit, ConcurrencyLimit
+from bentochain.api.limits import BodyGuard, ConcurrencyLimit
 from bentochain.api.recording import RecordingMiddleware, note_model
 from bentochain.api.registry import ModelRegistry
 from bentochain.api.schemas import (
@@ -111,7 +111,12 @@ def create_app(
         redoc_url=None,
     )
     install_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=limits.max_body_bytes,
+        timeout=limits.body_timeout_seconds,
+        max_depth=limits.max_json_depth,
+    )
     app.add_middleware(ConcurrencyLimit, limit=settings.gateway.traffic.max_concurrency)
     if recorder is not None:  # outside the limits: refused requests are recorded too
         sample_rate = settings.observability.records.sample_rate
@@ -149,6 +154,13 @@ def create_app(
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
         record = note_model(model.id, model.reference)
+        if len(request.messages) > limits.max_messages:
+            raise _too_large(
+                f"'messages' has {len(request.messages)} items, which",
+                limits.max_messages,
+                "messages",
+                "messages",
+            )
         chars = sum(len(m.text()) for m in request.messages)
         check_generation(chars, request.token_budget(), "messages")
         await reserve_tokens(

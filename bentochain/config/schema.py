@@ -435,6 +435,13 @@ class Limits(Section):
     max_input_chars: PositiveInt = Field(
         32_768, description="characters in one text, prompt, or all messages of a chat"
     )
+    max_messages: PositiveInt = Field(512, description="messages in one chat request")
+    max_json_depth: PositiveInt = Field(
+        64, description="how deep a request's JSON may nest (the parser recurses)"
+    )
+    body_timeout_seconds: PositiveFloat = Field(
+        30.0, description="how long a request body may take to arrive before a 408"
+    )
 
 
 class AuthSettings(Section):

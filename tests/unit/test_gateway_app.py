@@ -675,3 +675,83 @@ def test_records_are_sampled_and_feedback_joins_them_by_request_id(
     assert "score" in bad.json()["error"]["message"] and len(recorder.records) == 1
     off = create_app(profile(), lambda: engines)  # no recorder: records are off
     assert_openai_error(call(off, "POST", "/v1/feedback", json=feedback), 404)
+
+
+# -- hostile bodies ------------------------------------------------------------------------------
+
+
+CHAT_WITH = b'{"model": "llama-tiny", "messages": [{"role": "user", "content": "x"}], '
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100 + b"]" * 100,  # deeper than the limit
+        b"[" * 10_000,  # the JSON parser would recurse until it failed: a 500
+        b'{"model": "llama-tiny", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        CHAT_WITH + b'"temperature": NaN}',
+        CHAT_WITH + b'"temperature": 1e999}',
+        CHAT_WITH + b'"max_tokens": 100000000000000000000000000}',
+        CHAT_WITH + b'"top_p": "high"}',
+        b'{"model": "llama-tiny", "messages": "not a list"}',
+        b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}',
+        b'{"model": "llama-tiny", "messages": [{"role": "wizard", "content": "x"}]}',
+        b'"just a string"',
+    ],
+)
+def test_hostile_bodies_get_a_400_never_a_500(app: FastAPI, raw: bytes) -> None:
+    headers = {"Content-Type": "application/json"}
+    response = call(app, "POST", "/v1/chat/completions", content=raw, headers=headers)
+    assert_openai_error(response, 400)
+    assert call(app, "POST", "/v1/chat/completions", json=GOOD_CHAT).status_code == 200
+
+
+def test_a_lone_surrogate_is_valid_json_but_no_prompt_and_gets_a_400(app: FastAPI) -> None:
+    raw = b'{"model": "llama-tiny", "max_tokens": 2, "messages": [{"role": "user", '
+    raw += b'"content": "\\ud800"}]}'
+    response = call(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        content=raw,
+        headers={"Content-Type": "application/json"},
+    )
+    error = assert_openai_error(response, 400, "invalid_prompt")
+    assert "cannot build the prompt" in error["message"]
+
+
+def test_too_many_messages_get_413(app: FastAPI) -> None:
+    many = [{"role": "user", "content": "x"}] * 513
+    response = call(app, "POST", "/v1/chat/completions", json={**GOOD_CHAT, "messages": many})
+    assert_openai_error(response, 413, "input_too_large")
+
+
+def test_a_body_that_stops_arriving_gets_408_and_frees_the_request(engines: LocalBackends) -> None:
+    app = create_app(profile(gateway__limits__body_timeout_seconds="0.5"), lambda: engines)
+    sent: list[Any] = []
+
+    async def scenario() -> None:
+        chunks = [{"type": "http.request", "body": b'{"model": "llama', "more_body": True}]
+        stalled = asyncio.Event()  # never set: the rest of the body never comes
+
+        async def receive() -> Any:
+            if chunks:
+                return chunks.pop()
+            await stalled.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "headers": [(b"content-type", b"application/json")],
+            "query_string": b"",
+        }
+        await app(scope, receive, send)
+
+    asyncio.run(scenario())
+    assert sent[0]["status"] == 408
+    assert b"request_timeout" in sent[1]["body"]

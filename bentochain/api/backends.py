@@ -58,7 +58,8 @@ def upstream_error(exc: BaseException, service: str) -> APIError:
 
 
 def _from_upstream(exc: UpstreamError, service: str) -> APIError:
-    if exc.code in ("draining", "unavailable"):
+    # A replica that died mid-answer ("broken") is a dependency that went down: retry.
+    if exc.code in ("draining", "unavailable", "broken"):
         return APIError(
             503,
             f"The {service} service is unavailable: {exc.message}; retry shortly.",

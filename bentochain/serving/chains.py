@@ -82,6 +82,8 @@ def chain_error(exc: BaseException, chain: str) -> ChainError:
         return ChainError(422, f"Invalid input for chain '{chain}': {exc.errors()[0]['msg']}.")
     if isinstance(exc, AllProvidersFailed):
         return ChainError(502, f"The '{chain}' chain's LLM failed: {exc}")
+    if isinstance(exc, UpstreamError) and exc.code in ("draining", "unavailable", "broken"):
+        return ChainError(503, str(exc))  # a service it calls is down: retry (as the gateway)
     if isinstance(exc, LLMServiceError | UpstreamError):
         status = {429: 503, 503: 503, 504: 504}.get(exc.status, 502)
         return ChainError(status, str(exc))

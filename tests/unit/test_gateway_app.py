@@ -515,6 +515,7 @@ def translate_runner(backends: Backends) -> ChainRunner:
         ("draining", 503),
         ("timeout", 504),
         ("failed", 502),
+        ("broken", 503),
         ("refused", 503),
         ("bug", 500),
     ],
@@ -528,7 +529,8 @@ def test_model_service_failures_map_to_clear_statuses(exc: str, status: int) -> 
         "unreachable": UpstreamError("LLM", 503, "no replica", code="unavailable"),
         "draining": UpstreamError("LLM", 503, "shutting down", code="draining"),
         "timeout": UpstreamError("LLM", 504, "too slow", code="timeout"),
-        "failed": UpstreamError("LLM", 502, "connection dropped", code="broken"),
+        "failed": UpstreamError("LLM", 500, "its own error", code="upstream_status"),
+        "broken": UpstreamError("LLM", 502, "connection dropped", code="broken"),
         "refused": ConnectionRefusedError("connection refused"),
         "bug": TypeError("a bug of ours"),  # never reported as a dependency's failure
     }

@@ -1,0 +1,128 @@
+"""Crash recovery, in both topologies: the LLM killed with SIGKILL under load. The streams on
+it end with their error event and the plain requests with a 503, nothing else fails, and chat
+answers again without a person: the composed Bento's arbiter starts a new worker, serve-split
+starts a new server (as Kubernetes restarts a pod). The time to recover is printed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from bentochain.serving.topology import SplitTopology, composed_process, free_port
+from tests.support.serving import Streamed, chat, samples, stream_chat, until
+
+pytestmark = pytest.mark.integration
+
+STREAMS = 8
+
+
+def llm_worker(root: int) -> psutil.Process:
+    """The composed Bento's LLM worker under arbiter ``root``."""
+    for child in psutil.Process(root).children(recursive=True):
+        command = child.cmdline()
+        if "_bentoml_impl.worker.service" in command and "LLM" in command:
+            return child
+    raise AssertionError("no LLM worker under the arbiter")
+
+
+def in_engine(metrics_url: str) -> float:
+    """Requests the LLM engine holds, running or waiting."""
+    return sum(
+        value
+        for name in ("bentochain_llm_running_requests", "bentochain_llm_waiting_requests")
+        for _, value in samples(metrics_url, name)
+    )
+
+
+def kill_under_load(
+    url: str, metrics_url: str, kill: Callable[[], None]
+) -> tuple[list[Streamed], list[int], float]:
+    """``STREAMS`` long streams and two plain requests in the LLM engine, then ``kill``; the
+    streams, the plain requests' statuses, and the seconds until a chat answered 200 again."""
+
+    def back_after(killed_at: float) -> float:
+        until(lambda: chat(url, "are you back?").status_code == 200, "chat answers again")
+        return time.monotonic() - killed_at
+
+    async def scenario() -> tuple[list[Streamed], list[int], float]:
+        async with httpx.AsyncClient(timeout=600) as http:
+            records = [Streamed() for _ in range(STREAMS)]
+            streams = [
+                asyncio.create_task(stream_chat(http, url, f"crash {i}", 50_000, r))
+                for i, r in enumerate(records)
+            ]
+            await asyncio.gather(*(r.first.wait() for r in records))
+            plain_body = {
+                "model": "llama-tiny",
+                "messages": [{"role": "user", "content": "plain"}],
+                "max_tokens": 50_000,
+                "ignore_eos": True,
+            }
+            plain = [
+                asyncio.create_task(http.post(f"{url}/v1/chat/completions", json=plain_body))
+                for _ in range(2)
+            ]
+            await asyncio.to_thread(
+                until,
+                lambda: in_engine(metrics_url) >= STREAMS + 2,
+                "the plain requests reach the engine",
+            )
+            killed_at = time.monotonic()
+            kill()
+            recovery = asyncio.create_task(asyncio.to_thread(back_after, killed_at))
+            await asyncio.gather(*streams)
+            statuses = [(await p).status_code for p in plain]
+            return records, statuses, await recovery
+
+    return asyncio.run(scenario())
+
+
+def check(records: list[Streamed], statuses: list[int], seconds: float, where: str) -> None:
+    print(f"\n{where}: chat answered again {seconds:.1f} s after the SIGKILL")
+    for record in records:
+        assert record.status == 200 and not record.whole, record  # started, then cut
+        assert record.error and "retry" in record.error.lower(), record.error
+    assert statuses == [503, 503]
+
+
+def test_the_composed_bento_recovers_from_a_killed_llm_worker(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**served_env, "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR": str(tmp_path / "records")}
+    with composed_process(tmp_path / "serve.log", env=env) as (url, process):
+        victim = llm_worker(process.pid)
+        records, statuses, seconds = kill_under_load(url, url, lambda: victim.send_signal(9))
+        assert llm_worker(process.pid).pid != victim.pid  # a new worker, started by the arbiter
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+    check(records, statuses, seconds, "composed")
+
+
+def test_serve_split_restarts_a_killed_llm_server(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**served_env, "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR": str(tmp_path / "records")}
+    topology = SplitTopology(port=free_port(), env=env, log_dir=tmp_path)
+    topology.start(timeout=600)
+    try:
+        (victim,) = [s for s in topology.status() if s["service"] == "LLM"]
+
+        def kill() -> None:  # the whole server, as a pod dies
+            tree = psutil.Process(int(str(victim["pid"]))).children(recursive=True)
+            for process in [*tree, psutil.Process(int(str(victim["pid"])))]:
+                os.kill(process.pid, signal.SIGKILL)
+
+        urls = topology.urls
+        records, statuses, seconds = kill_under_load(urls["Gateway"], urls["LLM"], kill)
+        (replacement,) = [s for s in topology.status() if s["service"] == "LLM"]
+        assert replacement["pid"] != victim["pid"] and replacement["state"] == "serving"
+    finally:
+        topology.stop()
+    check(records, statuses, seconds, "split")

@@ -8,6 +8,7 @@ import bentoml
 
 from bentochain.api.app import create_app
 from bentochain.api.backends import TargetLang
+from bentochain.api.openapi import DocsJson
 from bentochain.engines.encoder import EncodedText
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.observability.metrics import PrometheusStepMetrics
@@ -92,5 +93,6 @@ class Gateway(Caller):
             RECORDS.close()  # what is queued is written
 
 
-install_middleware(Gateway, SETTINGS)
+# One OpenAPI document: the app's, served at /docs.json too, in place of BentoML's.
+install_middleware(Gateway, SETTINGS).add_asgi_middleware(DocsJson, document=app.openapi)
 stop_callers_first(Gateway)

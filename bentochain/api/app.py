@@ -36,17 +36,23 @@ from bentochain.api.generation import (
     sse_stream,
 )
 from bentochain.api.limits import BodyGuard, ConcurrencyLimit
+from bentochain.api.openapi import error_responses, event_stream, install_openapi, ref
 from bentochain.api.recording import RecordingMiddleware, note_model
 from bentochain.api.registry import ModelRegistry
 from bentochain.api.schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
+    ErrorResponse,
     FeedbackAccepted,
     FeedbackRequest,
     ModelCard,
     ModelList,
+    TextCompletion,
+    TextCompletionChunk,
     TranslateRequest,
     TranslateResponse,
 )
@@ -59,8 +65,9 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _too_large(what: str, limit: int, unit: str, param: str) -> APIError:
+    # 400, as OpenAI answers too many inputs: an invalid value, not a body too large (413).
     return APIError(
-        413,
+        400,
         f"{what} is over this server's limit of {limit} {unit}.",
         code="input_too_large",
         param=param,
@@ -104,11 +111,15 @@ def create_app(
     limits = settings.gateway.limits
     max_tokens_limit = settings.llm.generation.max_tokens_limit
 
+    keys = settings.gateway.auth.mode == "keys"
     app = FastAPI(
         title="bentochain gateway",
         description="OpenAI-compatible API over self-hosted models served with BentoML.",
-        docs_url=None,
+        docs_url=None,  # BentoML's Swagger UI at / reads the same document (/docs.json)
         redoc_url=None,
+        responses=error_responses(
+            *(400, 404, 408, 413, 429, 500, 502, 503, 504), *((401,) if keys else ())
+        ),
     )
     install_handlers(app)
     app.add_middleware(
@@ -121,7 +132,7 @@ def create_app(
     if recorder is not None:  # outside the limits: refused requests are recorded too
         sample_rate = settings.observability.records.sample_rate
         app.add_middleware(RecordingMiddleware, recorder=recorder, sample_rate=sample_rate)
-    if settings.gateway.auth.mode == "keys" and access is not None:  # outermost: no key, no work
+    if keys and access is not None:  # outermost: no key, no work
         app.add_middleware(KeyAuth, access=access)
 
     def check_generation(prompt_chars: int, max_tokens: int | None, param: str) -> None:
@@ -150,7 +161,20 @@ def create_app(
         registry.get(model_id)  # 404 in OpenAI's shape for an unknown id
         return cards[model_id]
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "model": ChatCompletion,
+                "content": event_stream(
+                    {"anyOf": [ref(ChatCompletionChunk), ref(ErrorResponse)]},
+                    description="a chat.completion.chunk (or an error), then [DONE]",
+                    done=True,
+                ),
+            }
+        },
+    )
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
         record = note_model(model.id, model.reference)
@@ -162,7 +186,8 @@ def create_app(
                 "messages",
             )
         chars = sum(len(m.text()) for m in request.messages)
-        check_generation(chars, request.token_budget(), "messages")
+        asked = [t for t in (request.max_tokens, request.max_completion_tokens) if t is not None]
+        check_generation(chars, max(asked, default=None), "messages")
         await reserve_tokens(
             estimate_tokens(chars) + (request.token_budget() or default_max_tokens)
         )
@@ -178,7 +203,20 @@ def create_app(
             )
         return JSONResponse(chat_response(model.id, result))
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post(
+        "/v1/completions",
+        response_model=None,
+        responses={
+            200: {
+                "model": TextCompletion,
+                "content": event_stream(
+                    {"anyOf": [ref(TextCompletionChunk), ref(ErrorResponse)]},
+                    description="a text_completion chunk (or an error), then [DONE]",
+                    done=True,
+                ),
+            }
+        },
+    )
     async def completions(request: CompletionRequest) -> Any:
         model = registry.for_task(request.model, "chat")
         record = note_model(model.id, model.reference)
@@ -284,14 +322,29 @@ def create_app(
         )
         return FeedbackAccepted(request_id=request.request_id)
 
-    known_paths = {getattr(route, "path", None) for route in app.routes}
+    known_paths: dict[str, set[str]] = {}
+    for route in app.routes:
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if path is not None and methods:
+            known_paths.setdefault(path, set()).update(methods)
 
-    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @app.api_route(
+        "/v1/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
     async def unknown_path(path: str) -> None:
-        if f"/v1/{path}" in known_paths:
-            raise APIError(405, f"Method not allowed on /v1/{path}.", code="method_not_allowed")
+        methods = known_paths.get(f"/v1/{path}")
+        if methods:
+            raise APIError(
+                405,
+                f"Method not allowed on /v1/{path}.",
+                code="method_not_allowed",
+                allow=", ".join(sorted(methods)),
+            )
         raise APIError(404, f"Unknown path: /v1/{path}.", code="unknown_url")
 
+    install_openapi(app, settings)
     return app
 
 

@@ -1,8 +1,10 @@
 """``/chains/{name}/*``: each chain as invoke, batch, stream and its JSON Schemas (LangServe's
 shape), in front of the chain services.
 
-Input is checked against the chain's pydantic model here, before any service is called, so a
-bad request costs no LLM call and gets a 422 naming the field.
+Each chain has its own routes, whose bodies are its own input and output models, so the OpenAPI
+document tells a client (and schemathesis) what each chain takes and answers. Input is checked
+here, before any service is called: a bad request costs no LLM call and gets a 422 naming the
+field (as LangServe answers).
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from bentochain.api.auth import estimate_tokens, reserve_tokens
 from bentochain.api.backends import Backends, upstream_error
-from bentochain.api.errors import APIError, validation_message
+from bentochain.api.errors import APIError
+from bentochain.api.openapi import error_responses, event_stream
 from bentochain.api.recording import note_model
 from bentochain.config.schema import Limits
 from bentochain.serving.chains import ChainError, RunConfig
@@ -27,18 +31,61 @@ from chains.catalog import CHAINS, ChainSpec
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class InvokeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: dict[str, Any]
-    config: RunConfig = RunConfig()
+class RunMetadata(BaseModel):
+    run_id: str
 
 
-class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BatchMetadata(BaseModel):
+    run_ids: list[str]
 
-    inputs: list[dict[str, Any]] = Field(min_length=1)
-    config: RunConfig = RunConfig()
+
+class ChainInfo(BaseModel):
+    name: str
+    description: str
+
+
+class ChainList(BaseModel):
+    chains: list[ChainInfo]
+
+
+@dataclass(frozen=True)
+class ChainModels:
+    """A chain's request and response bodies, named after it in the OpenAPI document."""
+
+    invoke: type[BaseModel]
+    batch: type[BaseModel]
+    invoked: type[BaseModel]
+    batched: type[BaseModel]
+
+    @classmethod
+    def of(cls, spec: ChainSpec) -> ChainModels:
+        title = spec.name.capitalize()
+        closed = ConfigDict(extra="forbid")
+        config = (RunConfig, Field(default_factory=RunConfig))
+        return cls(
+            invoke=create_model(
+                f"{title}InvokeRequest",
+                __config__=closed,
+                input=(spec.input_model, ...),
+                config=config,
+            ),
+            batch=create_model(
+                f"{title}BatchRequest",
+                __config__=closed,
+                inputs=(list[spec.input_model], Field(min_length=1)),  # type: ignore[name-defined]
+                config=config,
+            ),
+            invoked=create_model(
+                f"{title}InvokeResponse",
+                output=(spec.output_model, ...),
+                metadata=(RunMetadata, ...),
+            ),
+            batched=create_model(
+                f"{title}BatchResponse",
+                outputs=(list[spec.output_model], ...),  # type: ignore[name-defined]
+                metadata=(BatchMetadata, ...),
+            ),
+        )
 
 
 def _spec(name: str) -> ChainSpec:
@@ -47,35 +94,6 @@ def _spec(name: str) -> ChainSpec:
         known = ", ".join(sorted(CHAINS))
         raise APIError(404, f"Unknown chain '{name}'. Chains: {known}.", code="unknown_chain")
     return spec
-
-
-def _invalid(exc: ValidationError, prefix: str = "") -> APIError:
-    message, param, code = validation_message(list(exc.errors()))
-    if prefix:
-        message = message.replace(f"'{param}'", f"'{prefix}.{param}'")
-        param = f"{prefix}.{param}" if param else prefix
-    return APIError(422, message, code=code, param=param)
-
-
-Body = TypeVar("Body", bound=BaseModel)
-
-
-async def _body(request: Request, model: type[Body]) -> Body:
-    try:
-        raw = await request.json()
-    except ValueError:
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
-def _check_input(spec: ChainSpec, value: dict[str, Any], where: str) -> dict[str, Any]:
-    try:
-        return spec.input_model.model_validate(value).model_dump(mode="json")
-    except ValidationError as exc:
-        raise _invalid(exc, where) from None
 
 
 def _failure(exc: Exception, spec: ChainSpec) -> APIError:
@@ -89,26 +107,43 @@ def _sse(event: str, data: Any) -> str:
 
 
 def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
-    router = APIRouter(prefix="/chains")
+    router = APIRouter(prefix="/chains", responses=error_responses(422))
 
-    @router.get("")
-    async def list_chains() -> dict[str, Any]:
-        return {"chains": [{"name": s.name, "description": s.description} for s in CHAINS.values()]}
+    @router.get("", response_model=ChainList)
+    async def list_chains() -> ChainList:
+        return ChainList(
+            chains=[ChainInfo(name=s.name, description=s.description) for s in CHAINS.values()]
+        )
 
-    @router.get("/{name}/input_schema")
+    @router.get("/{name}/input_schema", response_model=dict[str, Any])
     async def input_schema(name: str) -> dict[str, Any]:
         return _spec(name).input_model.model_json_schema()
 
-    @router.get("/{name}/output_schema")
+    @router.get("/{name}/output_schema", response_model=dict[str, Any])
     async def output_schema(name: str) -> dict[str, Any]:
         return _spec(name).output_model.model_json_schema()
 
-    @router.post("/{name}/invoke")
-    async def invoke(name: str, request: Request) -> JSONResponse:
-        spec = _spec(name)
+    for spec in CHAINS.values():
+        _add_routes(router, spec, backends, limits)
+
+    @router.post("/{name}/{operation}", include_in_schema=False)
+    async def unknown_chain(name: str, operation: str) -> None:
+        _spec(name)
+        raise APIError(404, f"Unknown path: /chains/{name}/{operation}.", code="unknown_url")
+
+    return router
+
+
+def _add_routes(
+    router: APIRouter, spec: ChainSpec, backends: Callable[[], Backends], limits: Limits
+) -> None:
+    """``/chains/{spec.name}/invoke``, ``batch`` and ``stream``, with the chain's own models."""
+    name = spec.name
+    models = ChainModels.of(spec)
+
+    async def invoke(body: Any) -> JSONResponse:
         record = note_model(name)
-        body = await _body(request, InvokeRequest)
-        value = _check_input(spec, body.input, "input")
+        value = body.input.model_dump(mode="json")
         await reserve_tokens(estimate_tokens(len(json.dumps(value))))
         run_id = str(uuid.uuid4())
         try:
@@ -119,20 +154,17 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
             record.chain_output(output)
         return JSONResponse({"output": output, "metadata": {"run_id": run_id}})
 
-    @router.post("/{name}/batch")
-    async def batch(name: str, request: Request) -> JSONResponse:
-        spec = _spec(name)
+    async def batch(body: Any) -> JSONResponse:
         record = note_model(name)
-        body = await _body(request, BatchRequest)
         if len(body.inputs) > limits.max_inputs:
             raise APIError(
-                413,
+                400,
                 f"'inputs' has {len(body.inputs)} items, over this server's limit of "
                 f"{limits.max_inputs}.",
                 code="input_too_large",
                 param="inputs",
             )
-        values = [_check_input(spec, v, f"inputs.{i}") for i, v in enumerate(body.inputs)]
+        values = [v.model_dump(mode="json") for v in body.inputs]
         await reserve_tokens(sum(estimate_tokens(len(json.dumps(v))) for v in values))
         run_ids = [str(uuid.uuid4()) for _ in values]
         try:
@@ -143,12 +175,9 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
             record.output = {"chains": outputs}
         return JSONResponse({"outputs": outputs, "metadata": {"run_ids": run_ids}})
 
-    @router.post("/{name}/stream")
-    async def stream(name: str, request: Request) -> StreamingResponse:
-        spec = _spec(name)
+    async def stream(body: Any) -> StreamingResponse:
         record = note_model(name)
-        body = await _body(request, InvokeRequest)
-        value = _check_input(spec, body.input, "input")
+        value = body.input.model_dump(mode="json")
         await reserve_tokens(estimate_tokens(len(json.dumps(value))))
         run_id = str(uuid.uuid4())
         events = backends().chain(name).stream(value, body.config, run_id)
@@ -178,4 +207,43 @@ def chain_router(backends: Callable[[], Backends], limits: Limits) -> APIRouter:
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    return router
+    # FastAPI reads the body's model from the annotation: this chain's own.
+    invoke.__annotations__ = {"body": models.invoke, "return": JSONResponse}
+    batch.__annotations__ = {"body": models.batch, "return": JSONResponse}
+    stream.__annotations__ = {"body": models.invoke, "return": StreamingResponse}
+    events = event_stream(
+        {"type": "object"},
+        description="metadata (the run id), each step's output, the chain's output or an "
+        "error, then end",
+        events=["metadata", "step", "attempt", "output", "error", "end"],
+    )
+    router.add_api_route(
+        f"/{name}/invoke",
+        invoke,
+        methods=["POST"],
+        response_model=None,
+        responses={200: {"model": models.invoked}},
+        summary=f"Run the {name} chain once",
+        description=spec.description,
+        operation_id=f"{name}_invoke",
+    )
+    router.add_api_route(
+        f"/{name}/batch",
+        batch,
+        methods=["POST"],
+        response_model=None,
+        responses={200: {"model": models.batched}},
+        summary=f"Run the {name} chain on several inputs",
+        description=spec.description,
+        operation_id=f"{name}_batch",
+    )
+    router.add_api_route(
+        f"/{name}/stream",
+        stream,
+        methods=["POST"],
+        response_model=None,
+        responses={200: {"content": events}},
+        summary=f"Run the {name} chain, streaming its steps",
+        description=spec.description,
+        operation_id=f"{name}_stream",
+    )

@@ -46,6 +46,7 @@ class APIError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -53,14 +54,18 @@ class APIError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.allow = allow  # a 405's methods (RFC 9110 asks for them)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, code=self.code, param=self.param)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        if self.allow is not None:
+            headers["Allow"] = self.allow
+        return headers
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
@@ -114,9 +119,11 @@ def install_handlers(app: FastAPI) -> None:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param, code = validation_message(list(exc.errors()))
-        return APIError(400, message, code=code, param=param).response()
+        # OpenAI's routes answer 400; the chains 422, as LangServe does; bad JSON is 400.
+        chain = request.url.path.startswith("/chains/") and code != "invalid_json"
+        return APIError(422 if chain else 400, message, code=code, param=param).response()
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -20,7 +20,16 @@ from bentochain.api.auth import settle_tokens
 from bentochain.api.backends import upstream_error
 from bentochain.api.errors import APIError
 from bentochain.api.recording import draft
-from bentochain.api.schemas import ChatCompletionRequest, CompletionRequest, Usage
+from bentochain.api.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionChoice,
+    CompletionRequest,
+    TextCompletion,
+    Usage,
+)
 from bentochain.engines.llm.events import (
     GenerationBroken,
     GenerationRefused,
@@ -129,48 +138,45 @@ def _ids(kind: Kind) -> tuple[str, int]:
     return f"{prefix}-{uuid.uuid4().hex}", int(time.time())
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
-    ).model_dump()
+    )
 
 
 def chat_response(model: str, result: Generated) -> dict[str, Any]:
     response_id, created = _ids("chat")
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "finish_reason": result.finish_reason,
-                "logprobs": None,
-            }
+    return ChatCompletion(
+        id=response_id,
+        created=created,
+        model=model,
+        choices=[
+            ChatChoice(
+                index=0,
+                message=AssistantMessage(content=result.text),
+                finish_reason=result.finish_reason,
+            )
         ],
-        "usage": _usage(result.prompt_tokens, result.completion_tokens),
-    }
+        usage=_usage(result.prompt_tokens, result.completion_tokens),
+    ).model_dump(mode="json")
 
 
 def completion_response(model: str, results: list[Generated]) -> dict[str, Any]:
     response_id, created = _ids("completion")
-    return {
-        "id": response_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
+    return TextCompletion(
+        id=response_id,
+        created=created,
+        model=model,
+        choices=[
+            CompletionChoice(index=i, text=r.text, finish_reason=r.finish_reason)
             for i, r in enumerate(results)
         ],
-        "usage": _usage(
+        usage=_usage(
             sum(r.prompt_tokens for r in results), sum(r.completion_tokens for r in results)
         ),
-    }
+    ).model_dump(mode="json")
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -238,7 +244,9 @@ async def sse_stream(
                                 "created": created,
                                 "model": model,
                                 "choices": [],
-                                "usage": _usage(event.prompt_tokens, event.completion_tokens),
+                                "usage": _usage(
+                                    event.prompt_tokens, event.completion_tokens
+                                ).model_dump(),
                             }
                         )
                     yield _sse("[DONE]")

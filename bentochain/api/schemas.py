@@ -11,22 +11,34 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bentochain.config.types import Int, Whole
 from bentochain.engines.llm.types import Role
 
 MAX_STOP_SEQUENCES = 4
+# OpenAI parameters this server takes only at their "off" value: the validators refuse the rest
+# with a message that says so, and the document says what is accepted.
+UNSUPPORTED_0: dict[str, Any] = {"minimum": 0, "maximum": 0, "description": "not supported: 0"}
+UNSUPPORTED_OFF: dict[str, Any] = {"not": {"const": True}, "description": "not supported"}
+
+
+# Strict types, as OpenAI checks them: "5" is not a number of tokens and false is not a score
+# (lax coercion accepted both, and the fuzzer found it).
+STRICT = ConfigDict(extra="ignore", strict=True)
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Role
     content: str | list[TextPart] | None = None
@@ -51,29 +63,34 @@ class ChatMessageIn(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     include_usage: bool = False
 
 
-PositiveTokens = Annotated[int, Field(gt=0, description="tokens to generate at most")]
+# Bounds as minimum/maximum, never exclusiveMinimum: its meaning differs between OpenAPI 3.0
+# and 3.1, and BentoML's /docs.json stamps 3.0 on what FastAPI writes for 3.1.
+PositiveTokens = Annotated[int, Field(ge=1, description="tokens to generate at most"), Whole]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class _Sampling(_Request):
     model: str
     max_tokens: PositiveTokens | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: Int = Field(1, ge=1, le=1, description="this server returns one choice per request")
+    stop: (
+        str | Annotated[list[str], Field(json_schema_extra={"maxItems": MAX_STOP_SEQUENCES})] | None
+    ) = None
+    seed: Int | None = Field(None, description="any integer (used modulo 2**64)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, json_schema_extra=UNSUPPORTED_0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, json_schema_extra=UNSUPPORTED_0)
     # vLLM's extensions, for benchmarks that need fixed output lengths.
     ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: Int = Field(0, ge=0)
 
     @field_validator("stop")
     @classmethod
@@ -101,10 +118,12 @@ class _Sampling(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessageIn]
+    messages: list[ChatMessageIn] = Field(json_schema_extra={"minItems": 1})
     max_completion_tokens: PositiveTokens | None = None
-    logprobs: bool | None = None
-    tools: list[Any] | None = None
+    logprobs: bool | None = Field(None, json_schema_extra=UNSUPPORTED_OFF)
+    tools: list[Any] | None = Field(
+        None, json_schema_extra={"maxItems": 0, "description": "not supported"}
+    )
 
     @field_validator("messages")
     @classmethod
@@ -126,11 +145,19 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
+    model_config = ConfigDict(
+        json_schema_extra={  # what _completion_supported checks: one prompt per stream
+            "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+            "then": {"properties": {"prompt": {"not": {"type": "array", "minItems": 2}}}},
+        }
+    )
+
+    # Not empty: a prompt of no tokens leaves the model nothing to continue from.
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
+    echo: bool = Field(False, json_schema_extra=UNSUPPORTED_OFF)
+    logprobs: Int | None = Field(None, json_schema_extra=UNSUPPORTED_0)
+    best_of: Int | None = Field(None, json_schema_extra={"maximum": 1})
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -157,7 +184,7 @@ class EmbeddingRequest(_Request):
     model: str
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, gt=0)
+    dimensions: Annotated[int, Field(ge=1), Whole] | None = None
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -186,6 +213,101 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    """A whole chat answer; streamed, the same arrives as ``chat.completion.chunk`` events."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One event of a streamed chat; with ``include_usage``, the last has no choices and the
+    usage."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class TextCompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers, in OpenAI's shape."""
+
+    error: ErrorDetail
 
 
 class ModelCard(BaseModel):

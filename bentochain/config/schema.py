@@ -428,7 +428,8 @@ class Translators(Section):
 
 
 class Limits(Section):
-    """Sizes past which the gateway answers 413 instead of doing the work."""
+    """Sizes past which the gateway refuses the work: 413 for the body's bytes, 400
+    (``input_too_large``) for the counts and characters, 400 for nesting, 408 for time."""
 
     max_body_bytes: PositiveInt = 1_048_576
     max_inputs: PositiveInt = Field(256, description="texts in one embeddings/translate call")
@@ -827,6 +828,25 @@ class Settings(BaseSettings):
                     f"'{entry.served_id}'; give one a different served_name"
                 )
             seen[entry.served_id] = key
+        return self
+
+    @model_validator(mode="after")
+    def _chains_ask_what_the_llm_allows(self) -> Settings:
+        """A chain asking the LLM service for more tokens than it allows would fail every run."""
+        limit = self.llm.generation.max_tokens_limit
+        chains = {
+            "chains.sql.llm": self.chains.sql.llm,
+            "chains.rag.llm": self.chains.rag.llm,
+            "chains.translate": self.chains.translate,
+        }
+        for key, chain in chains.items():
+            for i, provider in enumerate((chain, *chain.fallbacks)):
+                if provider.provider == "self" and provider.max_tokens > limit:
+                    where = key if i == 0 else f"{key}.fallbacks[{i - 1}]"
+                    raise ValueError(
+                        f"{where}.max_tokens ({provider.max_tokens}) is above "
+                        f"llm.generation.max_tokens_limit ({limit}): lower it or raise the limit"
+                    )
         return self
 
 

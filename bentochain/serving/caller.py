@@ -20,8 +20,8 @@ class Caller:
         return self.required if self.required is not None else tuple(self.calls)
 
     async def __is_ready__(self) -> bool:
-        ready, _ = await dependency_states(self.calls, self.required_dependencies())
-        return ready
+        report = await dependency_states(self.calls, self.required_dependencies())
+        return report.ready
 
     @bentoml.on_shutdown
     async def close_upstreams(self) -> None:

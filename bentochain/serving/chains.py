@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from uuid import UUID
 
 import bentoml
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from bentochain.config.schema import ChainLLM, Settings
+from bentochain.config.types import Whole
 from bentochain.engines.llm.types import GenerationRequest
 from bentochain.llms.bento import LLMServiceError
 from bentochain.llms.resilience import AllProvidersFailed, ResilientChatModel
@@ -39,15 +40,15 @@ MAX_STEP_CHARS = 20_000  # a step's output in the stream is cut past this
 class RunConfig(BaseModel):
     """What a caller may set for one run (LangChain's ``RunnableConfig``, the safe part)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     run_name: str | None = Field(None, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=32)
     metadata: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, max_length=32
     )
-    max_concurrency: int | None = Field(
-        None, ge=1, le=32, description="inputs of one batch run at once (default 4)"
+    max_concurrency: Annotated[int, Field(ge=1, le=32), Whole] | None = Field(
+        None, description="inputs of one batch run at once (default 4)"
     )
 
     @property

@@ -14,12 +14,14 @@ failure into "not ready" instead.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bentochain.serving.upstream.circuit import State
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +36,37 @@ async def _ready(dependency: Any, seconds: float) -> bool:
         return False
 
 
+class DependencyState(BaseModel):
+    ready: bool
+    required: bool
+    circuit: State | None = None
+
+
+class Readiness(BaseModel):
+    """The body of a caller's ``/readyz`` (200 when ``ready``, else 503)."""
+
+    ready: bool
+    starting: bool = False
+    dependencies: dict[str, DependencyState] = {}
+
+
 async def dependency_states(
     calls: Mapping[str, Any], required: Iterable[str], seconds: float = PROBE_TIMEOUT
-) -> tuple[bool, dict[str, dict[str, Any]]]:
+) -> Readiness:
     """Ready or not (every required dependency is), and each dependency's state."""
     names = list(calls)
     answers = await asyncio.gather(*(_ready(calls[n], seconds) for n in names))
     needed = set(required)
     states = {
-        name: {
-            "ready": ok,
-            "required": name in needed,
-            "circuit": getattr(calls[name], "circuit", None) and calls[name].circuit.state,
-        }
+        name: DependencyState(
+            ready=ok,
+            required=name in needed,
+            circuit=getattr(calls[name], "circuit", None) and calls[name].circuit.state,
+        )
         for name, ok in zip(names, answers, strict=True)
     }
-    return all(states[n]["ready"] for n in needed if n in states), states
+    ready = all(states[n].ready for n in needed if n in states)
+    return Readiness(ready=ready, dependencies=states)
 
 
 class ReadinessReport:
@@ -59,25 +76,23 @@ class ReadinessReport:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != "/readyz":
+        if scope["type"] != "http" or scope.get("path") != "/readyz" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
         import bentoml
 
-        body: dict[str, Any]
         try:
             instance = bentoml.get_current_service()
             calls, required = instance.calls, instance.required_dependencies()
         except Exception:  # not built yet: starting
-            ready, body = False, {"ready": False, "starting": True}
+            report = Readiness(ready=False, starting=True)
         else:
-            ready, states = await dependency_states(calls, required)
-            body = {"ready": ready, "dependencies": states}
-        payload = json.dumps(body).encode()
+            report = await dependency_states(calls, required)
+        payload = report.model_dump_json().encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 200 if ready else 503,
+                "status": 200 if report.ready else 503,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),

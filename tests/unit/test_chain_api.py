@@ -172,7 +172,7 @@ def test_schemas_come_from_the_chains_models() -> None:
         ("POST", "/chains/sql/batch", {"inputs": []}, 422, "inputs"),
         ("POST", "/chains/sql/batch", {"inputs": [{"question": "x"}, {}]}, 422,
          "inputs.1.question"),
-        ("POST", "/chains/sql/batch", {"inputs": [{"question": "x"}] * 5}, 413, "inputs"),
+        ("POST", "/chains/sql/batch", {"inputs": [{"question": "x"}] * 5}, 400, "inputs"),
         ("POST", "/chains/translate/invoke", {"input": {"question": "x", "target_lang": "de"}},
          422, "input.target_lang"),
     ],

@@ -133,6 +133,14 @@ def test_config_env_var_selects_the_file(tmp_path: Path) -> None:
             {"BENTOCHAIN_TRANSLATORS__ES__SERVED_NAME": "marian-en-fr"},
             "translators.es and translators.fr are both served as 'marian-en-fr'",
         ),
+        (
+            MINIMAL,
+            {
+                "BENTOCHAIN_LLM__GENERATION__MAX_TOKENS_LIMIT": "64",
+                "BENTOCHAIN_LLM__GENERATION__DEFAULT_MAX_TOKENS": "16",
+            },
+            "chains.sql.llm.max_tokens (256) is above llm.generation.max_tokens_limit (64)",
+        ),
     ],
 )
 def test_bad_profiles_name_file_key_and_problem(

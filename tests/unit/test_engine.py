@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -166,6 +167,46 @@ def test_too_many_tokens_is_refused_before_starting(
     failed = events[0]
     assert isinstance(failed, Failed)
     assert (failed.status, failed.code, failed.param) == (400, code, "max_tokens")
+
+
+def test_an_empty_prompt_is_refused_and_the_engine_goes_on(engine: LLMEngine) -> None:
+    """An empty prompt has nothing to prefill: it once failed the step and hung its request."""
+    failed = run(engine, prompt("", max_tokens=4))
+    assert len(failed) == 1 and isinstance(failed[0], Failed)
+    assert (failed[0].status, failed[0].param) == (400, "prompt")
+    assert isinstance(run(engine, prompt("hi", max_tokens=4))[-1], Finished)
+
+
+def test_a_vanishing_temperature_is_greedy_not_nan(engine: LLMEngine) -> None:
+    """5e-324 once divided the logits into infinities: the step failed and the request hung."""
+    body: dict[str, Any] = {"max_tokens": 10, "ignore_eos": True, "min_tokens": 10}
+    greedy = run(engine, chat(temperature=0.0, **body))
+    tiny = run(engine, chat(temperature=5e-324, **body))
+    assert isinstance(tiny[-1], Finished)
+    assert text_of(tiny) == text_of(greedy)
+
+
+def test_a_failing_prefill_fails_its_request_alone(demo_dir: Path) -> None:
+    """The failed request gets its error event and its KV blocks back; the next one runs."""
+    engine = make_engine(demo_dir)
+    forward = engine.runner.forward
+
+    def broken(rows: Any, tokens: Any) -> Any:
+        if any(len(t) > 1 and engine.tokenizer.decode(t).endswith("poison") for t in tokens):
+            raise RuntimeError("injected prefill failure")
+        return forward(rows, tokens)
+
+    engine.runner.forward = broken  # type: ignore[method-assign]
+    try:
+        failed = run(engine, prompt("poison", max_tokens=4))
+        after = engine.budget.used
+        fine = run(engine, prompt("antidote", max_tokens=4, ignore_eos=True))
+    finally:
+        engine.close()
+    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
+    assert "injected prefill failure" in failed[-1].message
+    assert after == 0  # nothing leaked
+    assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
 
 
 def test_a_request_larger_than_kv_memory_is_refused(demo_dir: Path) -> None:

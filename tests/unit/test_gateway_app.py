@@ -108,6 +108,27 @@ def with_openai(app: FastAPI, work: Callable[[openai.AsyncOpenAI], Any]) -> Any:
     return asyncio.run(go())
 
 
+def test_top_p_zero_keeps_only_the_most_likely_token(app: FastAPI) -> None:
+    """OpenAI accepts top_p 0: nucleus sampling with the smallest nucleus, greedy decoding."""
+    body = {**GOOD_CHAT, "max_tokens": 12, "ignore_eos": True}
+    greedy = call(app, "POST", "/v1/chat/completions", json={**body, "temperature": 0})
+    nucleus = call(app, "POST", "/v1/chat/completions", json={**body, "top_p": 0, "seed": 7})
+    assert greedy.status_code == nucleus.status_code == 200, nucleus.text
+    text = [r.json()["choices"][0]["message"]["content"] for r in (greedy, nucleus)]
+    assert text[0] == text[1] and text[0]
+
+
+def test_any_integer_seeds_a_repeatable_sample(app: FastAPI) -> None:
+    """OpenAI takes any integer as a seed; torch only [-2**63, 2**64): it is reduced, not a 500."""
+    body = {**GOOD_CHAT, "max_tokens": 8, "ignore_eos": True, "temperature": 1.0}
+    texts = [
+        call(app, "POST", "/v1/chat/completions", json={**body, "seed": seed}).json()
+        for seed in (2**70 + 5, 2**70 + 5, -(2**80))
+    ]
+    contents = [t["choices"][0]["message"]["content"] for t in texts]
+    assert contents[0] == contents[1] and all(contents)
+
+
 def assert_openai_error(
     response: httpx.Response, status: int, code: str | None = None
 ) -> dict[str, Any]:
@@ -302,7 +323,7 @@ GOOD_CHAT = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "ma
         ("/v1/chat/completions", {**GOOD_CHAT, "max_completion_tokens": 10**6}, 400, "max_tokens"),
         ("/v1/chat/completions", {**GOOD_CHAT, "max_tokens": "many"}, 400, "max_tokens"),
         ("/v1/chat/completions", {**GOOD_CHAT, "temperature": 3}, 400, "temperature"),
-        ("/v1/chat/completions", {**GOOD_CHAT, "top_p": 0}, 400, "top_p"),
+        ("/v1/chat/completions", {**GOOD_CHAT, "top_p": 1.5}, 400, "top_p"),
         ("/v1/chat/completions", {**GOOD_CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ("/v1/chat/completions", {**GOOD_CHAT, "messages": "hello"}, 400, "messages"),
         (
@@ -347,10 +368,10 @@ def test_bad_requests_get_openai_errors(
         ("/translate", {"texts": ["v"] * 9, "target_lang": "fr"}),
     ],
 )
-def test_inputs_over_the_configured_size_get_413(
+def test_inputs_over_the_configured_size_get_400(
     app: FastAPI, path: str, body: dict[str, Any]
 ) -> None:
-    assert_openai_error(call(app, "POST", path, json=body), 413, "input_too_large")
+    assert_openai_error(call(app, "POST", path, json=body), 400, "input_too_large")
 
 
 def test_body_over_the_limit_gets_413_declared_or_streamed(app: FastAPI) -> None:
@@ -392,7 +413,10 @@ def test_malformed_json_gets_400(app: FastAPI, raw: bytes) -> None:
 
 def test_unknown_paths_and_methods(app: FastAPI) -> None:
     assert_openai_error(call(app, "GET", "/v1/engines"), 404)
-    assert_openai_error(call(app, "GET", "/v1/chat/completions"), 405)
+    wrong_method = call(app, "GET", "/v1/chat/completions")
+    assert_openai_error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"
+    assert call(app, "PUT", "/translate").headers["allow"] == "POST"
     assert_openai_error(call(app, "GET", "/v1/models/nope"), 404, "model_not_found")
     assert call(app, "GET", f"/v1/models/{CHAT}").json()["id"] == CHAT
 
@@ -722,10 +746,10 @@ def test_a_lone_surrogate_is_valid_json_but_no_prompt_and_gets_a_400(app: FastAP
     assert "cannot build the prompt" in error["message"]
 
 
-def test_too_many_messages_get_413(app: FastAPI) -> None:
+def test_too_many_messages_get_400(app: FastAPI) -> None:
     many = [{"role": "user", "content": "x"}] * 513
     response = call(app, "POST", "/v1/chat/completions", json={**GOOD_CHAT, "messages": many})
-    assert_openai_error(response, 413, "input_too_large")
+    assert_openai_error(response, 400, "input_too_large")
 
 
 def test_a_body_that_stops_arriving_gets_408_and_frees_the_request(engines: LocalBackends) -> None:

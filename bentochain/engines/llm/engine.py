@@ -241,6 +241,13 @@ class LLMEngine:
     def _resolve(
         self, params: SamplingParams, prompt_tokens: int
     ) -> tuple[SamplingParams, Failed | None]:
+        if prompt_tokens == 0:  # nothing to prefill: the model has no state to continue from
+            return params, Failed(
+                status=400,
+                code="invalid_value",
+                param="prompt",
+                message="The prompt is empty (it encodes to no tokens): send some text.",
+            )
         limit = min(self.context_length, self.kv_capacity_tokens)
         room = limit - prompt_tokens
         if room <= 0:
@@ -359,17 +366,28 @@ class LLMEngine:
             now = time.monotonic()
             self.metrics.admitted(prompt_tokens=prompt, queued_seconds=now - job.submitted)
             params = job.params
-            seq = _Sequence(
-                job=job,
-                kv=self.kv_layout.allocate(need * self.config.block_size),
-                reserved_blocks=need,
-                decoder=IncrementalDecoder(self.tokenizer),
-                stopper=StopMatcher(params.stop),
-                generator=make_generator(params.seed),
-                admitted=now,
-            )
-            logits = self.runner.forward([seq.kv], [job.prompt_ids])
-            self._accept(seq, logits[0])
+            seq: _Sequence | None = None
+            try:
+                seq = _Sequence(
+                    job=job,
+                    kv=self.kv_layout.allocate(need * self.config.block_size),
+                    reserved_blocks=need,
+                    decoder=IncrementalDecoder(self.tokenizer),
+                    stopper=StopMatcher(params.stop),
+                    generator=make_generator(params.seed),
+                    admitted=now,
+                )
+                logits = self.runner.forward([seq.kv], [job.prompt_ids])
+                self._accept(seq, logits[0])
+            except Exception as exc:  # this request fails alone: its blocks go back, no hang
+                logger.exception("prefill failed")
+                failed = Failed(status=500, code="internal_error", message=f"prefill failed: {exc}")
+                if seq is None:
+                    self.budget.give_back(need)
+                    job.emit(failed)
+                else:
+                    self._finish(seq, failed)
+                continue
             if not seq.done:
                 self._running.append(seq)
             budget -= prompt

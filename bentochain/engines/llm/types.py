@@ -29,9 +29,9 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_tokens: int | None = Field(None, gt=0, description="None: the server's default")
+    max_tokens: int | None = Field(None, ge=1, description="None: the server's default")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0, description="0: only the most likely token")
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False

@@ -14,6 +14,7 @@ from bentochain.engines.llm.types import GenerationRequest
 from bentochain.observability.metrics import PrometheusStepMetrics
 from bentochain.serving.caller import Caller
 from bentochain.serving.chains import ChainEndpoint, ChainRunner, RemoteChain, chain_llm
+from bentochain.serving.metrics_port import MetricsElsewhere
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.shutdown import stop_callers_first
 from bentochain.serving.startup import (
@@ -95,4 +96,6 @@ class Gateway(Caller):
 
 # One OpenAPI document: the app's, served at /docs.json too, in place of BentoML's.
 install_middleware(Gateway, SETTINGS).add_asgi_middleware(DocsJson, document=app.openapi)
+if SETTINGS.gateway.metrics_port is not None:
+    Gateway.add_asgi_middleware(MetricsElsewhere, port=SETTINGS.gateway.metrics_port)  # type: ignore[attr-defined]
 stop_callers_first(Gateway)

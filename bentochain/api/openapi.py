@@ -196,7 +196,10 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             for name, schema in definitions.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
             _deployment_bounds(schemas, settings)
-            document["paths"].update(_served_beside(ref(Readiness)))
+            beside = _served_beside(ref(Readiness))
+            if settings.gateway.metrics_port is not None:  # served on its own port
+                del beside["/metrics"]
+            document["paths"].update(beside)
             if settings.gateway.auth.mode == "keys":
                 components["securitySchemes"] = {
                     "apiKey": {

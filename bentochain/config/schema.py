@@ -479,6 +479,12 @@ class AuthSettings(Section):
 class GatewaySettings(ServiceSettings):
     limits: Limits = Limits()
     auth: AuthSettings = AuthSettings()
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="serve the Gateway's /metrics on this port, not on the public one",
+    )
 
 
 class ProviderSettings(Section):

@@ -207,7 +207,12 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
         "image": IMAGE,
         "workingDir": SOURCE,  # so `python -m bentochain...` imports the Bento's own code
         "args": command,
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+        + (
+            [{"name": "metrics", "containerPort": metrics, "protocol": "TCP"}]
+            if (metrics := metrics_port(settings, service)) != PORT
+            else []
+        ),
         "env": env,
         "envFrom": [{"secretRef": {"name": settings.deploy.kubernetes.secret}}],
         "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": STARTUP_SECONDS // 5},
@@ -307,7 +312,7 @@ def deployment(
                 "labels": labels(p.service, **{TRACK_LABEL: track, CAPACITY_LABEL: capacity}),
                 "annotations": {
                     "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(PORT),
+                    "prometheus.io/port": str(metrics_port(settings, p.service)),
                     "prometheus.io/path": "/metrics",
                 },
             },
@@ -428,6 +433,12 @@ def disruption_budget(service: str) -> Object:
     }
 
 
+def metrics_port(settings: Settings, service: str) -> int:
+    """Where Prometheus scrapes ``service``: the Gateway's own metrics port when it has one."""
+    moved = settings.gateway.metrics_port if service == "Gateway" else None
+    return PORT if moved is None else moved
+
+
 def network_policy(settings: Settings, service: str) -> Object:
     """Who may open a connection to ``service``'s pods.
 
@@ -437,23 +448,22 @@ def network_policy(settings: Settings, service: str) -> Object:
     """
     name = NAMES[service]
     port = [{"port": PORT, "protocol": "TCP"}]
+    scraper = settings.deploy.kubernetes.prometheus
+    prometheus: Object = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": scraper.namespace}},
+        "podSelector": {"matchLabels": dict(scraper.pod_labels)},
+    }
     if service == "Gateway":
         ingress: list[Object] = [{"ports": port}]
+        metrics = settings.gateway.metrics_port
+        if metrics is not None:  # its own port: the scraper's only
+            ingress.append({"from": [prometheus], "ports": [{"port": metrics, "protocol": "TCP"}]})
     else:
-        scraper = settings.deploy.kubernetes.prometheus
         peers: list[Object] = [
             {"podSelector": {"matchLabels": {NAME_LABEL: NAMES[caller]}}}
             for caller in callers_of(service)
         ]
-        peers.append(
-            {
-                "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": scraper.namespace}
-                },
-                "podSelector": {"matchLabels": dict(scraper.pod_labels)},
-            }
-        )
-        ingress = [{"from": peers, "ports": port}]
+        ingress = [{"from": [*peers, prometheus], "ports": port}]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

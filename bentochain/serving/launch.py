@@ -45,13 +45,38 @@ def server_args(args: Sequence[str]) -> list[str]:
     return [*args, "--timeout-keep-alive", str(KEEP_ALIVE_SECONDS)]
 
 
+def _option(args: Sequence[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def serves_gateway(command: str, args: Sequence[str]) -> bool:
+    """``serve`` runs the whole Bento; ``start-http-server`` the one ``--service-name``."""
+    return command == "serve" or _option(args, "--service-name") == "Gateway"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     label, command, *given = sys.argv[1:] if argv is None else argv
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     rest = server_args(given)
     home = BentoMLContainer.bentoml_home.get()
-    BentoMLContainer.prometheus_multiproc_dir.set(os.path.join(home, "bentochain_metrics", label))
+    metrics_dir = os.path.join(home, "bentochain_metrics", label)
+    BentoMLContainer.prometheus_multiproc_dir.set(metrics_dir)
+    if serves_gateway(command, rest):
+        from bentochain.config.loader import load_settings
+
+        port = load_settings().gateway.metrics_port
+        if port is not None:  # this process outlives its workers: it serves their files
+            from pathlib import Path
+
+            from bentochain.serving.metrics_port import serve_metrics
+
+            serve_metrics(Path(metrics_dir), _option(rest, "--host") or "127.0.0.1", port)
     if command == "start-http-server":
         from bentoml_cli._internal.start import start_command
 

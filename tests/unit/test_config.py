@@ -334,3 +334,11 @@ def test_a_composed_bento_refuses_a_canary_and_says_where_it_can_run(tmp_path: P
     assert result.returncode == 2
     assert "llm.canary: where are the canary's replicas?" in result.stderr
     assert "bentochain serve-split" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_launch_serves_metrics_beside_the_gateway_only() -> None:
+    from bentochain.serving.launch import serves_gateway
+
+    assert serves_gateway("serve", ["services.gateway:Gateway", "--port", "3000"])
+    assert serves_gateway("start-http-server", ["x", "--service-name", "Gateway"])
+    assert not serves_gateway("start-http-server", ["x", "--service-name", "LLM"])

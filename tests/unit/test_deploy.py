@@ -430,3 +430,19 @@ def test_a_release_canary_is_one_pod_per_service_beside_the_stable_ones(
         assert pod["spec"]["containers"] == same["containers"]
         assert pod["spec"].get("affinity") == same.get("affinity")
         assert pod["spec"]["containers"][0]["image"] == DEFAULT_IMAGE
+
+
+def test_a_gateway_metrics_port_is_scraped_there_and_only_by_prometheus() -> None:
+    moved = load_settings(PRODUCTION_PROFILE, environ={"BENTOCHAIN_GATEWAY__METRICS_PORT": "9464"})
+    gateway = render(moved, PRODUCTION_PROFILE)[f"{NAMES['Gateway']}.yaml"]
+    (deployment,) = [o for o in gateway if o["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+    (server,) = template["spec"]["containers"]
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in server["ports"]
+    (service,) = [o for o in gateway if o["kind"] == "Service"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [3000]  # not behind the Service
+    (policy,) = [o for o in gateway if o["kind"] == "NetworkPolicy"]
+    public, scrape = policy["spec"]["ingress"]
+    assert "from" not in public and scrape["ports"] == [{"port": 9464, "protocol": "TCP"}]
+    assert scrape["from"][0]["namespaceSelector"]  # the scraper's namespace only

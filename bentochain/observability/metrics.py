@@ -40,6 +40,8 @@ METRIC_NAMES = (
     "bentochain_llm_kv_cache_total_blocks",
     "bentochain_llm_kv_cache_usage_ratio",
     "bentochain_llm_generation_tokens_per_second",
+    "bentochain_llm_prefix_cache_queries_total",
+    "bentochain_llm_prefix_cache_hits_total",
 )
 
 
@@ -93,11 +95,21 @@ class PrometheusEngineMetrics:
             "generation_tokens_per_second",
             f"Tokens generated per second over the last {RATE_WINDOW:g} s (0 when idle).",
         )
+        self._cache_queries = _counter(
+            model, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self._cache_hits = _counter(
+            model, "prefix_cache_hits", "Prompt tokens whose KV came from the prefix cache."
+        )
         self._recent: deque[tuple[float, int]] = deque()  # (when, tokens): the engine's thread
 
     def admitted(self, *, prompt_tokens: int, queued_seconds: float) -> None:
         self._prompt.inc(prompt_tokens)
         self._queued.observe(queued_seconds)
+
+    def prefix_cache(self, *, queried: int, hit: int) -> None:
+        self._cache_queries.inc(queried)
+        self._cache_hits.inc(hit)
 
     def first_token(self, *, seconds: float) -> None:
         self._ttft.observe(seconds)

@@ -16,4 +16,7 @@ def engine_config(settings: LLMSettings) -> EngineConfig:
         block_size=settings.kv_cache.block_size,
         kv_blocks=settings.kv_cache.blocks,
         max_batch_tokens=settings.batching.max_batch_tokens,
+        device=settings.device,
+        prefix_caching=settings.kv_cache.prefix_caching,
+        step_timeout_seconds=settings.watchdog.step_timeout_seconds,
     )

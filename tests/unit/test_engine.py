@@ -209,6 +209,71 @@ def test_a_failing_prefill_fails_its_request_alone(demo_dir: Path) -> None:
     assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
 
 
+def test_a_failing_decode_step_fails_only_its_sequence(demo_dir: Path) -> None:
+    """A forward pass that fails because of one sequence: it fails alone, the others finish
+    with the tokens they would have had without it, and every KV block comes back."""
+    engine = make_engine(demo_dir)
+    forward = engine.runner.forward
+    poisoned = engine.tokenizer("poison")["input_ids"]
+
+    def broken(rows: Any, tokens: Any) -> Any:
+        if len(tokens[0]) == 1:  # a decode step: fails once the poisoned sequence is 3 deep
+            for seq in list(engine._running):
+                if (
+                    seq.job.prompt_ids == poisoned
+                    and seq.generated >= 3
+                    and any(seq.kv is r for r in rows)
+                ):
+                    raise RuntimeError("injected decode failure")
+        return forward(rows, tokens)
+
+    fine = [prompt(f"fine {i}", max_tokens=12, ignore_eos=True, temperature=0) for i in range(3)]
+    try:
+        alone = [text_of(run(engine, r)) for r in fine]
+        engine.runner.forward = broken  # type: ignore[method-assign]
+
+        async def together() -> list[list[Event]]:
+            bad = prompt("poison", max_tokens=12, ignore_eos=True, temperature=0)
+            return await asyncio.gather(collect(engine, bad), *(collect(engine, r) for r in fine))
+
+        failed, *others = asyncio.run(together())
+        leaked = engine.budget.used
+    finally:
+        engine.close()
+    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
+    assert "injected decode failure" in failed[-1].message
+    assert sum(isinstance(e, Delta) for e in failed) >= 1  # it had streamed before it failed
+    assert [text_of(events) for events in others] == alone
+    assert all(isinstance(e[-1], Finished) and e[-1].completion_tokens == 12 for e in others)
+    assert leaked == 0
+
+
+def test_a_failing_sampler_fails_only_its_sequence(demo_dir: Path) -> None:
+    engine = make_engine(demo_dir)
+    sample = engine.sampler.sample
+
+    def broken(logits: Any, rows: Any) -> Any:
+        if any(row.params.temperature == 0.5 for row in rows):
+            raise RuntimeError("injected sampling failure")
+        return sample(logits, rows)
+
+    engine.sampler.sample = broken  # type: ignore[method-assign]
+    try:
+
+        async def together() -> list[list[Event]]:
+            bad = prompt("odd", max_tokens=8, temperature=0.5)
+            good = [prompt(f"ok {i}", max_tokens=8, ignore_eos=True) for i in range(3)]
+            return await asyncio.gather(collect(engine, bad), *(collect(engine, r) for r in good))
+
+        failed, *others = asyncio.run(together())
+        leaked = engine.budget.used
+    finally:
+        engine.close()
+    assert isinstance(failed[-1], Failed) and "injected sampling failure" in failed[-1].message
+    assert all(isinstance(e[-1], Finished) and e[-1].completion_tokens == 8 for e in others)
+    assert leaked == 0
+
+
 def test_a_request_larger_than_kv_memory_is_refused(demo_dir: Path) -> None:
     engine = make_engine(demo_dir, kv_blocks=4, block_size=16)  # 64 tokens in all
     try:
@@ -416,3 +481,80 @@ def test_the_engine_reports_kv_memory_in_use_and_the_token_rate(demo_dir: Path) 
     assert (value("generation_tokens_per_second") or 0) > 0
     gauges.occupancy(running=0, waiting=0, kv_used=0, kv_total=8)
     assert value("generation_tokens_per_second") == 0
+
+
+def _until(condition: Any, what: str, polls: int = 2000) -> None:
+    for _ in range(polls):
+        if condition():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_hung_step_makes_the_engine_not_live_until_it_returns(demo_dir: Path) -> None:
+    import threading
+
+    engine = make_engine(demo_dir, step_timeout_seconds=0.2)
+    forward = engine.runner.forward
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(rows: Any, tokens: Any) -> Any:
+        entered.set()
+        release.wait(timeout=60)  # bounded: the test releases it
+        return forward(rows, tokens)
+
+    try:
+        assert engine.health().alive
+        engine.runner.forward = stuck  # type: ignore[method-assign]
+
+        async def scenario() -> list[Event]:
+            stream = collect(engine, prompt("hang", max_tokens=3, ignore_eos=True))
+            task = asyncio.ensure_future(stream)
+            await asyncio.to_thread(entered.wait, 60)
+            await asyncio.to_thread(_until, lambda: not engine.health().alive, "not live")
+            health = engine.health()
+            assert "one engine step has run for" in health.reason and "limit 0.2s" in health.reason
+            engine.runner.forward = forward  # type: ignore[method-assign]
+            release.set()
+            return await task
+
+        events = asyncio.run(scenario())
+        assert engine.health().alive  # the step returned: live again
+    finally:
+        release.set()
+        engine.close()
+    assert isinstance(events[-1], Finished) and events[-1].completion_tokens == 3
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_engine_thread_is_not_live_and_fails_what_it_held(demo_dir: Path) -> None:
+    """Something that kills the thread itself (not an Exception a step can catch)."""
+
+    class Fatal(BaseException):
+        pass
+
+    engine = make_engine(demo_dir, max_running=1)
+    forward = engine.runner.forward
+
+    def fatal(rows: Any, tokens: Any) -> Any:
+        if len(tokens[0]) == 1 and engine.load() >= 2:  # a decode step with one waiting
+            raise Fatal("the thread dies here")
+        return forward(rows, tokens)
+
+    engine.runner.forward = fatal  # type: ignore[method-assign]
+    try:
+
+        async def scenario() -> list[list[Event]]:
+            running = collect(engine, prompt("first", max_tokens=50, ignore_eos=True))
+            waiting = collect(engine, prompt("second", max_tokens=5, ignore_eos=True))
+            return list(await asyncio.gather(running, waiting))
+
+        results = asyncio.run(scenario())
+        _until(lambda: not engine._thread.is_alive(), "the thread to end")
+        health = engine.health()
+    finally:
+        engine.close()
+    assert not health.alive and health.reason == "the engine thread has stopped"
+    for events in results:  # both end, neither hangs
+        assert isinstance(events[-1], Failed) and events[-1].status == 503
+        assert events[-1].code == "engine_stopped"

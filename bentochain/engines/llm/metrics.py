@@ -13,6 +13,9 @@ class EngineMetrics(Protocol):
     def admitted(self, *, prompt_tokens: int, queued_seconds: float) -> None:
         """A request left the queue and its prompt is being prefilled."""
 
+    def prefix_cache(self, *, queried: int, hit: int) -> None:
+        """An admitted prompt's tokens, and how many of them came from the prefix cache."""
+
     def first_token(self, *, seconds: float) -> None:
         """Time from submission to the first generated token."""
 
@@ -33,6 +36,9 @@ class NullMetrics:
     """Reports nothing."""
 
     def admitted(self, *, prompt_tokens: int, queued_seconds: float) -> None:
+        pass
+
+    def prefix_cache(self, *, queried: int, hit: int) -> None:
         pass
 
     def first_token(self, *, seconds: float) -> None:

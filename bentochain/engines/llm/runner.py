@@ -18,7 +18,7 @@ from bentochain.engines.llm.kv import SequenceKV, StepKV
 
 
 class ModelRunner:
-    def __init__(self, model: Any, device: str) -> None:
+    def __init__(self, model: Any, device: torch.device) -> None:
         self.model = model
         self.device = device
 

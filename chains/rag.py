@@ -9,6 +9,7 @@ shows what the answer was built from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,19 @@ SYSTEM = """Answer the question from the numbered sources below only. Cite the s
 use like [1]. If they do not hold the answer, say that you do not know.
 
 {sources}"""
+
+
+def cite(answer: str, sources: list[Source]) -> str:
+    """The answer with its sources cited: as the model cited them, or listed after it.
+
+    Small models often ignore the instruction to cite; a reader must still see where the
+    answer was meant to come from, so an answer citing none of its sources gets them appended.
+    """
+    given = {s.id for s in sources}
+    if given & {int(n) for n in re.findall(r"\[(\d+)\]", answer)}:
+        return answer
+    listed = "; ".join(f"[{s.id}] {s.title or s.source} ({s.source})" for s in sources)
+    return f"{answer}\n\nSources: {listed}"
 
 
 class RAGQuestion(BaseModel):
@@ -96,7 +110,7 @@ def build_rag_chain(
         context = "\n\n".join(f"[{s.id}] ({s.source}) {s.text}" for s in sources)
         messages = [SystemMessage(SYSTEM.format(sources=context)), HumanMessage(question)]
         answer = await answer_step.ainvoke(messages, config)
-        return RAGAnswer(question=question, answer=answer.strip(), sources=sources)
+        return RAGAnswer(question=question, answer=cite(answer.strip(), sources), sources=sources)
 
     return RunnableLambda(pipeline, name="rag").with_types(
         input_type=RAGQuestion, output_type=RAGAnswer

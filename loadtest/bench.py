@@ -9,7 +9,8 @@ On one seeded synthetic workload and one model, it measures:
 - transformers' own continuous batching (``generate_batch``), for comparison;
 - the served Bento through the gateway, and the LLM service called directly (the gateway's
   cost), each run as a burst (saturation), closed loops and open-loop Poisson arrivals;
-- the embedder served through the gateway against offline batched encoding.
+- the embedder served through the gateway against offline batched encoding;
+- prefix caching on the SQL chain's real prompt (48 questions), off and on (``loadtest.prefix``).
 
 It prints a table with each target, writes JSON and a PNG plot under ``docs/bench/``, and
 rewrites the generated part of ``docs/benchmarks.md``. The served runs use the split topology
@@ -43,7 +44,7 @@ from bentochain.models.store import prepare
 from bentochain.serving.engines import engine_config
 from bentochain.serving.startup import quiet_transformers
 from bentochain.serving.topology import SplitTopology, free_port
-from loadtest import report
+from loadtest import prefix, report
 from loadtest.clients import DirectClient, EngineClient, GatewayClient
 from loadtest.dataset import BenchRequest, sentences, synthetic
 from loadtest.patterns import Run, burst, closed_loop, poisson
@@ -445,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts.hf_continuous_batching:
         log("offline: transformers' continuous batching (generate_batch)")
         results.figures["hf_continuous_batching"] = hf_continuous_batching(model_dir, requests)
+    log("offline: prefix caching on the SQL chain's prompt, off then on")
+    results.figures["prefix_cache"] = prefix.run(
+        settings, model_dir, prefix.sql_chain_prompts(tokenizer)
+    )
     log("offline: batched encoding with the embedder")
     results.figures["embed_offline"] = offline_embeddings(settings, embed_dir, texts)
     gc.collect()
@@ -466,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     report.plot(results.runs, results.figures, opts.out_dir / f"{stem}.png")
     if opts.markdown is not None:
         report.write_markdown(opts.markdown, results, opts.command, f"bench/{stem}")
+        prefix.write_section(results.figures["prefix_cache"], opts.model, opts.command)
     log(f"wrote {opts.out_dir / stem}.json and .png")
     return 0
 

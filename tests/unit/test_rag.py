@@ -144,6 +144,16 @@ def test_the_answer_cites_what_was_retrieved(
     assert out.sources[0].source == "returns.md" and "30 days" in out.sources[0].text
     assert out.sources[0].score >= out.sources[1].score
 
+    # A model that cites nothing (or a source it was not given): the sources are listed after.
+    for reply in ("Within 30 days.", "Within 30 days [7]."):
+        uncited = build_rag_chain(FakeListChatModel(responses=[reply]), folder_index.store, top_k=2)
+        got = asyncio.run(uncited.ainvoke({"question": "What is the return window?"}))
+        first, second = got.sources
+        assert got.answer == (
+            f"{reply}\n\nSources: [1] {first.title} ({first.source}); "
+            f"[2] {second.title} ({second.source})"
+        )
+
     empty = SQLiteVectorStore(
         tmp_path / "empty.sqlite", folder_index.store.embeddings, embedding_id="minilm"
     )

@@ -122,6 +122,15 @@ def test_bad_input_is_a_validation_error(shop: tuple[Path, ReadOnlyDatabase]) ->
         ("```sql\nSELECT 1\n```", "SELECT 1"),
         ("Here you go:\n```\nSELECT 2;\n```\nEnjoy", "SELECT 2;"),
         ("  SELECT 3  ", "SELECT 3"),
+        (
+            "Here is the query: SELECT COUNT(*) FROM x; It counts the rows.",
+            "SELECT COUNT(*) FROM x;",
+        ),
+        ("Answer: select a from t where b = 2", "select a from t where b = 2"),
+        # A second statement around the query is never cut away: validation must see it.
+        ("Sure: SELECT 1; DELETE FROM customers", "SELECT 1; DELETE FROM customers"),
+        ("DROP TABLE orders; SELECT 1", "DROP TABLE orders; SELECT 1"),
+        ("There are 12 products.", "There are 12 products."),
     ],
 )
 def test_extract_sql(reply: str, sql: str) -> None:

@@ -88,10 +88,11 @@ class PrefixCache:
         """Copy a hit's blocks to the start of a new sequence's buffers."""
         if not hit.count:
             return
-        end = hit.count * self.block_size
-        kv.all_keys[:, :, :end] = torch.cat([b.keys for b in hit.blocks], dim=2)
-        kv.all_values[:, :, :end] = torch.cat([b.values for b in hit.blocks], dim=2)
-        kv.length = end
+        size = self.block_size
+        for index, block in enumerate(hit.blocks):  # in place: no concatenated copy first
+            kv.all_keys[:, :, index * size : (index + 1) * size] = block.keys
+            kv.all_values[:, :, index * size : (index + 1) * size] = block.values
+        kv.length = hit.count * size
 
     def store(self, tokens: Sequence[int], kv: SequenceKV) -> int:
         """Keep the full blocks of ``tokens`` that ``kv`` has computed; return how many are new.

@@ -10,7 +10,9 @@ On one seeded synthetic workload and one model, it measures:
 - the served Bento through the gateway, and the LLM service called directly (the gateway's
   cost), each run as a burst (saturation), closed loops and open-loop Poisson arrivals;
 - the embedder served through the gateway against offline batched encoding;
-- prefix caching on the SQL chain's real prompt (48 questions), off and on (``loadtest.prefix``).
+- prefix caching on the SQL chain's real prompt (48 questions), off and on (``loadtest.prefix``);
+- the peers, one at a time on the same model and requests: ``transformers serve
+  --continuous-batching`` and Ray Serve with ``@serve.batch`` (``loadtest.peers``).
 
 It prints a table with each target, writes JSON and a PNG plot under ``docs/bench/``, and
 rewrites the generated part of ``docs/benchmarks.md``. The served runs use the split topology
@@ -44,7 +46,7 @@ from bentochain.models.store import prepare
 from bentochain.serving.engines import engine_config
 from bentochain.serving.startup import quiet_transformers
 from bentochain.serving.topology import SplitTopology, free_port
-from loadtest import prefix, report
+from loadtest import peers, prefix, report
 from loadtest.clients import DirectClient, EngineClient, GatewayClient
 from loadtest.dataset import BenchRequest, sentences, synthetic
 from loadtest.patterns import Run, burst, closed_loop, poisson
@@ -74,6 +76,7 @@ class Options:
         ("queries", 1, 64),
     )
     hf_continuous_batching: bool = True
+    peers: bool = True  # transformers serve and Ray Serve side by side (loadtest.peers)
     out_dir: Path = PROJECT_ROOT / "docs" / "bench"
     markdown: Path | None = PROJECT_ROOT / "docs" / "benchmarks.md"
     command: str = "make bench"
@@ -93,6 +96,7 @@ QUICK = {
     "embed_texts": 128,
     "embed_workloads": (("ingestion", 16, 4), ("queries", 1, 8)),
     "hf_continuous_batching": False,
+    "peers": False,
 }
 
 
@@ -396,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small run on demo:llama-tiny")
     parser.add_argument("--out", type=Path, help="folder for JSON and PNG (default docs/bench)")
     parser.add_argument("--no-markdown", action="store_true", help="leave docs/benchmarks.md")
+    parser.add_argument("--no-peers", action="store_true", help="leave the peers' table out")
     args = parser.parse_args(argv)
 
     opts = Options(**(QUICK if args.quick else {}))  # type: ignore[arg-type]
@@ -407,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         opts.out_dir = args.out
     if args.no_markdown:
         opts.markdown = None
+    if args.no_peers:
+        opts.peers = False
     opts.command = "python -m loadtest.bench " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -473,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
         report.write_markdown(opts.markdown, results, opts.command, f"bench/{stem}")
         prefix.write_section(results.figures["prefix_cache"], opts.model, opts.command)
     log(f"wrote {opts.out_dir / stem}.json and .png")
+    if opts.peers:
+        log("the peers: transformers serve and Ray Serve, on the same model and requests")
+        compared = peers.run(opts.model)
+        print("\n".join(peers.table(compared)))
+        if opts.markdown is not None:
+            peers.write(compared, opts.command)
     return 0
 
 

@@ -126,6 +126,48 @@ class GatewayClient:
             return timer.fail(repr(exc))
 
 
+class ChatClient:
+    """OpenAI ``/v1/chat/completions``, streamed: any OpenAI-compatible server (ours, the peers).
+
+    Only what every server understands is sent (no ``ignore_eos``); output tokens come from
+    the usage the server reports at the end of the stream.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, model: str) -> None:
+        self.session, self.url, self.model = session, url, model
+
+    async def run(self, request: BenchRequest) -> Result:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": request.prompt}],
+            "max_tokens": request.output_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        timer = _Timer(request)
+        try:
+            async with self.session.post(f"{self.url}/v1/chat/completions", json=body) as response:
+                if response.status != 200:
+                    return timer.fail(f"{response.status}: {(await response.text())[:200]}")
+                tokens = 0
+                async for line in _lines(response):
+                    data = line.removeprefix("data: ")
+                    if data == "[DONE]":
+                        return timer.end(tokens) if tokens else timer.fail("no usage reported")
+                    event = json.loads(data)
+                    if "error" in event:
+                        return timer.fail(str(event["error"])[:200])
+                    if event.get("usage"):
+                        tokens = event["usage"]["completion_tokens"]
+                    if any(c.get("delta", {}).get("content") for c in event.get("choices", [])):
+                        timer.chunk()
+                # transformers serve ends its stream after the usage chunk, with no [DONE].
+                return timer.end(tokens) if tokens else timer.fail("stream ended without usage")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return timer.fail(repr(exc))
+
+
 class DirectClient:
     """The LLM service's own BentoML API, bypassing the gateway."""
 

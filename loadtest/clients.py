@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,6 +90,46 @@ async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         yield buffer.decode()
 
 
+async def _openai_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    timer: _Timer,
+    text: Callable[[dict[str, Any]], Any],
+    *,
+    done_optional: bool,
+) -> Result:
+    """Time an OpenAI SSE stream: a chunk whenever ``text(choice)`` has some, tokens from usage.
+
+    ``done_optional``: the stream may end after its usage chunk without ``[DONE]``.
+    """
+    try:
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                return timer.fail(f"{response.status}: {(await response.text())[:200]}")
+            tokens = 0
+            async for line in _lines(response):
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    if done_optional and not tokens:
+                        return timer.fail("no usage reported")
+                    return timer.end(tokens)
+                event = json.loads(data)
+                if "error" in event:
+                    error = event["error"]
+                    message = error.get("message") if isinstance(error, dict) else None
+                    return timer.fail(str(message or error)[:200])
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+                if any(text(choice) for choice in event.get("choices", [])):
+                    timer.chunk()
+            if done_optional:  # transformers serve ends after the usage chunk, with no [DONE]
+                return timer.end(tokens) if tokens else timer.fail("stream ended without usage")
+            return timer.fail("stream ended without [DONE]")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return timer.fail(repr(exc))
+
+
 class GatewayClient:
     """OpenAI ``/v1/completions`` with ``stream`` and usage, as any OpenAI client sends it."""
 
@@ -104,26 +144,14 @@ class GatewayClient:
             "stream_options": {"include_usage": True},
             **_params(request),
         }
-        timer = _Timer(request)
-        try:
-            async with self.session.post(f"{self.url}/v1/completions", json=body) as response:
-                if response.status != 200:
-                    return timer.fail(f"{response.status}: {(await response.text())[:200]}")
-                tokens = 0
-                async for line in _lines(response):
-                    data = line.removeprefix("data: ")
-                    if data == "[DONE]":
-                        return timer.end(tokens)
-                    event = json.loads(data)
-                    if "error" in event:
-                        return timer.fail(event["error"]["message"])
-                    if event.get("usage"):
-                        tokens = event["usage"]["completion_tokens"]
-                    if any(choice.get("text") for choice in event["choices"]):
-                        timer.chunk()
-                return timer.fail("stream ended without [DONE]")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return timer.fail(repr(exc))
+        return await _openai_stream(
+            self.session,
+            f"{self.url}/v1/completions",
+            body,
+            _Timer(request),
+            lambda choice: choice.get("text"),
+            done_optional=False,
+        )
 
 
 class ChatClient:
@@ -145,27 +173,14 @@ class ChatClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        timer = _Timer(request)
-        try:
-            async with self.session.post(f"{self.url}/v1/chat/completions", json=body) as response:
-                if response.status != 200:
-                    return timer.fail(f"{response.status}: {(await response.text())[:200]}")
-                tokens = 0
-                async for line in _lines(response):
-                    data = line.removeprefix("data: ")
-                    if data == "[DONE]":
-                        return timer.end(tokens) if tokens else timer.fail("no usage reported")
-                    event = json.loads(data)
-                    if "error" in event:
-                        return timer.fail(str(event["error"])[:200])
-                    if event.get("usage"):
-                        tokens = event["usage"]["completion_tokens"]
-                    if any(c.get("delta", {}).get("content") for c in event.get("choices", [])):
-                        timer.chunk()
-                # transformers serve ends its stream after the usage chunk, with no [DONE].
-                return timer.end(tokens) if tokens else timer.fail("stream ended without usage")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return timer.fail(repr(exc))
+        return await _openai_stream(
+            self.session,
+            f"{self.url}/v1/chat/completions",
+            body,
+            _Timer(request),
+            lambda choice: choice.get("delta", {}).get("content"),
+            done_optional=True,
+        )
 
 
 class DirectClient:

@@ -134,25 +134,11 @@ def table(figures: dict[str, Any]) -> list[str]:
 
 def write_section(figures: dict[str, Any], model: str, command: str) -> None:
     """This run's table in its section of ``docs/benchmarks.md``."""
-    from loadtest.report import replace_section
+    from loadtest.report import write_generated
 
     when = time.strftime("%Y-%m-%d %H:%M")
-    section = [
-        BEGIN,
-        "",
-        "## Prefix caching",
-        "",
-        f"Measured {when} on {os.cpu_count()} cores, model `{model}`. Reproduce with:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        *table(figures),
-        "",
-        END,
-    ]
-    replace_section(MARKDOWN, BEGIN, END, section)
+    measured = f"Measured {when} on {os.cpu_count()} cores, model `{model}`."
+    write_generated(MARKDOWN, (BEGIN, END), "Prefix caching", measured, command, table(figures))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,6 +293,17 @@ def write_markdown(path: Path, results: Any, command: str, stem: str) -> None:
     replace_section(path, BEGIN, END, section)
 
 
+def write_generated(
+    path: Path, markers: tuple[str, str], title: str, measured: str, command: str, body: list[str]
+) -> None:
+    """A benchmark's own section of ``path``: its title, when and how it was measured, the
+    command that reproduces it, then ``body``."""
+    begin, end = markers
+    section = [begin, "", f"## {title}", "", f"{measured} Reproduce with:", ""]
+    section += ["```bash", command, "```", "", *body, "", end]
+    replace_section(path, begin, end, section)
+
+
 def replace_section(path: Path, begin: str, end: str, section: list[str]) -> None:
     """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the one
     between those markers in ``path``, or at its end; the rest of the file is left alone."""

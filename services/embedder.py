@@ -1,4 +1,4 @@
-"""The Embedder service: sentence embeddings with adaptive batching."""
+"""The Embedder service: sentence embeddings, batched across concurrent requests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import bentoml
 
 from bentochain.engines.encoder import EncodedText
+from bentochain.serving.batching import Batcher
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -21,15 +22,16 @@ class Embedder:
         from bentochain.engines.encoder import SentenceEncoder
 
         quiet_transformers()
-        self.encoder = SentenceEncoder(Path(self.model.path), SETTINGS.max_seq_length)
+        encoder = SentenceEncoder(Path(self.model.path), SETTINGS.max_seq_length)
+        self.batcher: Batcher[str, EncodedText] = Batcher(
+            lambda texts: EncodedText.batch(encoder.encode(texts)),
+            max_batch_size=SETTINGS.batching.max_batch_size,
+            max_wait_seconds=SETTINGS.batching.max_latency_ms / 1000,
+        )
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=SETTINGS.batching.max_batch_size,
-        max_latency_ms=SETTINGS.batching.max_latency_ms,
-    )
-    def encode(self, texts: list[str]) -> list[EncodedText]:
-        return EncodedText.batch(self.encoder.encode(texts))
+    @bentoml.api
+    async def encode(self, texts: list[str]) -> list[EncodedText]:
+        return await self.batcher(texts)
 
 
 install_middleware(Embedder, profile())

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import bentoml
 
+from bentochain.serving.batching import Batcher
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -22,19 +23,20 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
             from bentochain.engines.translator import Translator as Engine
 
             quiet_transformers()
-            self.engine = Engine(
+            engine = Engine(
                 Path(self.model.path),
                 max_new_tokens=settings.max_new_tokens,
                 num_beams=settings.num_beams,
             )
+            self.batcher: Batcher[str, str] = Batcher(
+                engine.translate,
+                max_batch_size=settings.batching.max_batch_size,
+                max_wait_seconds=settings.batching.max_latency_ms / 1000,
+            )
 
-        @bentoml.api(
-            batchable=True,
-            max_batch_size=settings.batching.max_batch_size,
-            max_latency_ms=settings.batching.max_latency_ms,
-        )
-        def translate(self, texts: list[str]) -> list[str]:
-            return self.engine.translate(texts)
+        @bentoml.api
+        async def translate(self, texts: list[str]) -> list[str]:
+            return await self.batcher(texts)
 
     return install_middleware(Translator, profile())
 

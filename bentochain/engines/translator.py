@@ -1,8 +1,8 @@
 """Translation with a seq2seq model (Marian / opus-mt and alike) through ``generate``.
 
 transformers 5 has no translation pipeline any more, and a pipeline would hide the batch: the
-service hands whole adaptive batches to ``translate``, which pads them once and decodes them in
-one ``generate`` call.
+service hands whole batches (``serving.batching``) to ``translate``, which pads them once and
+decodes them in one ``generate`` call.
 """
 
 from __future__ import annotations

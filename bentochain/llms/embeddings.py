@@ -14,7 +14,7 @@ Encode = Callable[[list[str]], Awaitable[list[EncodedText]]]
 
 
 class BentoEmbeddings(Embeddings):
-    """Texts go to the Embedder in slices of ``batch_size``; its adaptive batching merges them
+    """Texts go to the Embedder in slices of ``batch_size``; its batcher merges them
     with other callers' texts."""
 
     def __init__(self, encode: Encode, *, batch_size: int = 64) -> None:

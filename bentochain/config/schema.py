@@ -266,6 +266,18 @@ class Shutdown(Section):
     )
 
 
+class Liveness(Section):
+    """How an orchestrator finds a replica that runs but no longer works (an engine stuck in
+    a step, a process that stopped answering) and restarts it: Kubernetes' livenessProbe, and
+    serve-split's supervisor the same way."""
+
+    period_seconds: PositiveInt = Field(10, description="how often /livez is asked")
+    timeout_seconds: PositiveInt = Field(5, description="an answer later than this is a failure")
+    failure_threshold: PositiveInt = Field(
+        3, description="failures in a row (an error status or no answer) that restart it"
+    )
+
+
 def _workers(value: Any) -> int | str:
     if value == "cpu_count":
         return "cpu_count"
@@ -297,6 +309,7 @@ class ServiceSettings(Section):
     traffic: Traffic = Traffic()
     scaling: Scaling = Scaling()
     connection: Connection = Connection()
+    liveness: Liveness = Liveness()
 
 
 class ModelServiceSettings(ServiceSettings):

@@ -201,6 +201,7 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
     canary = settings.canary(service)
     if track == "canary" and canary is not None:
         env.append({"name": env_key(service, "model"), "value": str(canary.model)})
+    liveness = settings.entry(service).liveness
     probe = {"httpGet": {"path": "/livez", "port": "http"}, "timeoutSeconds": 5}
     spec: Object = {
         "name": "server",
@@ -216,7 +217,12 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
         "env": env,
         "envFrom": [{"secretRef": {"name": settings.deploy.kubernetes.secret}}],
         "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": STARTUP_SECONDS // 5},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {
+            **probe,
+            "periodSeconds": liveness.period_seconds,
+            "timeoutSeconds": liveness.timeout_seconds,
+            "failureThreshold": liveness.failure_threshold,
+        },
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,

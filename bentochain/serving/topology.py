@@ -3,7 +3,8 @@
 Each service gets its own ``start-http-server`` processes (``replicas`` of them, each on its own
 port, plus its canary's when the profile has one). Callers find them in a replica file per
 service, which this module rewrites as servers come and go: the local stand-in for a headless
-Service's DNS name. A supervisor thread replaces a replica that dies (as a ReplicaSet would);
+Service's DNS name. A supervisor thread replaces a replica that dies (as a ReplicaSet would),
+and kills one whose ``/livez`` fails the profile's ``liveness`` probe (as the kubelet would);
 ``rollout`` replaces replicas one at a time (start the new one, wait until it is ready, take
 the old one out of the file, drain and stop it), re-reading the profile, which is what a
 Kubernetes rolling update does. ``--depends Name=url`` still names one replica per dependency:
@@ -13,6 +14,7 @@ BentoML wants an address for each, and would otherwise build the dependency in-p
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import signal
@@ -24,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +174,18 @@ def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | Non
     raise TimeoutError(f"{url} was not ready in time")
 
 
+def liveness_failure(url: str, timeout: float) -> str | None:
+    """Why ``url``/livez failed as a liveness probe (an error status, or no answer within
+    ``timeout``), or None when it answered 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/livez", timeout=timeout) as response:
+            return None if response.status == 200 else f"status {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"status {exc.code}"
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        return f"no answer ({getattr(exc, 'reason', exc)})"
+
+
 def parse_replicas(text: str | None) -> dict[tuple[str, str], int]:
     """``LLM=2,Embedder=2,LLM.canary=1`` as {(service, track): count}."""
     counts: dict[tuple[str, str], int] = {}
@@ -234,6 +249,8 @@ class ServerProcess:
     url: str
     listed: bool = False  # in its replica file: callers can find it
     retiring: bool = False
+    failures: int = 0  # liveness probes failed in a row
+    next_probe: float = 0.0
 
     @property
     def state(self) -> str:
@@ -271,6 +288,7 @@ class SplitTopology:
         self._rolling = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._prober: threading.Thread | None = None
         self._control: object | None = None
         self.exit_code: int | None = None
         self.settings = self._profile()
@@ -414,6 +432,8 @@ class SplitTopology:
             raise
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
+        self._prober = threading.Thread(target=self._watch_liveness, name="liveness", daemon=True)
+        self._prober.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop every server, callers first (each drains), then what they call."""
@@ -460,6 +480,50 @@ class SplitTopology:
                 threading.Thread(
                     target=self._replace, args=(server,), name="replace", daemon=True
                 ).start()
+
+    def _watch_liveness(self) -> None:
+        """Probe every serving replica's ``/livez`` on its service's period, in parallel."""
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="livez") as probes:
+            while not self._stopping.wait(0.5):
+                due = self._due_probes(time.monotonic())
+                list(probes.map(self.check_liveness, due))
+
+    def _due_probes(self, now: float) -> list[ServerProcess]:
+        """Serving replicas whose next probe is due. Not the Gateway: it ends the run when it
+        exits; nor one that starts or retires (its own deadline and drain govern it)."""
+        with self._lock:
+            due = [
+                s
+                for service, servers in self.servers.items()
+                if service != "Gateway"
+                for s in servers
+                if s.state == "serving" and now >= s.next_probe
+            ]
+            for server in due:
+                period = self.settings.entry(server.service).liveness.period_seconds
+                server.next_probe = now + period
+            return due
+
+    def check_liveness(self, server: ServerProcess) -> None:
+        """One liveness probe; past the failure threshold, the replica is killed at once (its
+        engine or its loop is stuck: a drain would wait for requests that never end) and the
+        supervisor starts another."""
+        liveness = self.settings.entry(server.service).liveness
+        failure = liveness_failure(server.url, liveness.timeout_seconds)
+        with self._lock:
+            server.failures = 0 if failure is None else server.failures + 1
+            failed = server.failures
+            if failed < liveness.failure_threshold or server.state != "serving":
+                return
+            server.retiring = True  # out of the replica file, and not probed again
+        self.report(
+            f"{server.service}: {server.url} failed {failed} liveness probes in a row "
+            f"({failure}); killing it"
+        )
+        self._write_replica_file(server.service)
+        kill_tree(server.process)
+        with self._lock:
+            server.retiring = False  # dead now: the supervisor replaces it
 
     def _replace(self, server: ServerProcess) -> None:
         if self._stopping.is_set():

@@ -1,7 +1,9 @@
 """Crash recovery, in both topologies: the LLM killed with SIGKILL under load. The streams on
 it end with their error event and the plain requests with a 503, nothing else fails, and chat
 answers again without a person: the composed Bento's arbiter starts a new worker, serve-split
-starts a new server (as Kubernetes restarts a pod). The time to recover is printed."""
+starts a new server (as Kubernetes restarts a pod). The time to recover is printed. An LLM
+server that runs but stops answering is found by serve-split's liveness probe, killed and
+replaced, as the kubelet does."""
 
 from __future__ import annotations
 
@@ -126,3 +128,47 @@ def test_serve_split_restarts_a_killed_llm_server(
     finally:
         topology.stop()
     check(records, statuses, seconds, "split")
+
+
+def test_serve_split_replaces_an_llm_server_that_stopped_answering(
+    served_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **served_env,
+        "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR": str(tmp_path / "records"),
+        "BENTOCHAIN_LLM__LIVENESS__PERIOD_SECONDS": "1",
+        "BENTOCHAIN_LLM__LIVENESS__TIMEOUT_SECONDS": "1",
+        "BENTOCHAIN_LLM__LIVENESS__FAILURE_THRESHOLD": "3",
+    }
+    reports: list[str] = []
+    topology = SplitTopology(port=free_port(), env=env, log_dir=tmp_path, report=reports.append)
+    topology.start(timeout=600)
+    try:
+        before = {s["service"]: s["pid"] for s in topology.status()}
+        root = psutil.Process(int(str(before["LLM"])))
+        stuck = [root, *root.children(recursive=True)]
+        for process in stuck:  # alive, listening, answering nothing: a wedged server
+            process.suspend()
+        stopped_at = time.monotonic()
+
+        def replaced() -> bool:
+            return any(
+                s["service"] == "LLM" and s["pid"] != before["LLM"] and s["state"] == "serving"
+                for s in topology.status()
+            )
+
+        until(replaced, "a new LLM server serves")
+        until(lambda: chat(topology.urls["Gateway"], "back?").status_code == 200, "chat answers")
+        seconds = time.monotonic() - stopped_at
+        assert not any(p.is_running() and p.status() != "zombie" for p in stuck)
+        after = {s["service"]: s["pid"] for s in topology.status()}
+        assert {k: v for k, v in after.items() if k != "LLM"} == {
+            k: v for k, v in before.items() if k != "LLM"
+        }  # the live ones were left alone
+        (killed,) = [r for r in reports if "liveness" in r]
+        assert killed.startswith("LLM: ") and killed.endswith(
+            "failed 3 liveness probes in a row (no answer (timed out)); killing it"
+        )
+    finally:
+        topology.stop()
+    print(f"\nsplit: a stopped LLM server was replaced; chat answered {seconds:.1f} s later")

@@ -44,6 +44,7 @@ from bentochain.config.schema import Settings
 from bentochain.models.refs import ModelRef
 from bentochain.models.store import prepare
 from bentochain.serving.engines import engine_config
+from bentochain.serving.internal import HEADER
 from bentochain.serving.startup import quiet_transformers
 from bentochain.serving.topology import SplitTopology, free_port
 from loadtest import peers, prefix, report
@@ -241,11 +242,14 @@ def served(env: dict[str, str], log_dir: Path) -> Iterator[SplitTopology]:
         topology.stop()
 
 
-async def _overhead(gateway: str, llm: str, model: str, samples: int) -> dict[str, Any]:
+async def _overhead(
+    gateway: str, llm: str, model: str, samples: int, internal_token: str
+) -> dict[str, Any]:
     """Median latency of a one-token completion through the gateway and straight to the LLM."""
     body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}
     direct_body = {"request": {"prompt": "Hello", "params": {"max_tokens": 1, "temperature": 0}}}
     via_gateway, direct = [], []
+    internal = {HEADER: internal_token}  # the LLM service takes calls from services only
     async with aiohttp.ClientSession() as session:
         for i in range(samples + 5):
             t0 = time.perf_counter()
@@ -253,7 +257,9 @@ async def _overhead(gateway: str, llm: str, model: str, samples: int) -> dict[st
                 await response.read()
                 assert response.status == 200, await response.text()
             t1 = time.perf_counter()
-            async with session.post(f"{llm}/generate", json=direct_body) as response:
+            async with session.post(
+                f"{llm}/generate", json=direct_body, headers=internal
+            ) as response:
                 await response.read()
                 assert response.status == 200, await response.text()
             t2 = time.perf_counter()
@@ -380,7 +386,7 @@ async def served_runs(
         results.figures["short_during_long"] = await _short_during_long(via_gateway, opts)
     log("served: gateway overhead (one-token completions)")
     results.figures["gateway_overhead"] = await _overhead(
-        gateway, llm, model, opts.overhead_samples
+        gateway, llm, model, opts.overhead_samples, topology.internal_token
     )
     for name, per_request, concurrency in opts.embed_workloads:
         log(f"served: embeddings through the gateway ({name}: {per_request} per request)")

@@ -17,6 +17,7 @@ def engine_config(settings: LLMSettings) -> EngineConfig:
         kv_blocks=settings.kv_cache.blocks,
         max_batch_tokens=settings.batching.max_batch_tokens,
         device=settings.device,
+        dtype=settings.dtype,
         prefix_caching=settings.kv_cache.prefix_caching,
         step_timeout_seconds=settings.watchdog.step_timeout_seconds,
     )

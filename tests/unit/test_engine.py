@@ -558,3 +558,29 @@ def test_a_dead_engine_thread_is_not_live_and_fails_what_it_held(demo_dir: Path)
     for events in results:  # both end, neither hangs
         assert isinstance(events[-1], Failed) and events[-1].status == 503
         assert events[-1].code == "engine_stopped"
+
+
+def test_bfloat16_engine_keeps_weights_and_kv_in_bfloat16_and_generates(
+    demo_dir: Path, engine: LLMEngine
+) -> None:
+    full = engine  # the module's engine: float32 on the CPU (auto)
+    engine = make_engine(demo_dir, dtype="bfloat16")
+    try:
+        assert next(engine.model.parameters()).dtype == torch.bfloat16
+        assert engine.kv_layout.dtype == torch.bfloat16
+        assert engine.kv_layout.bytes_per_token * 2 == full.kv_layout.bytes_per_token
+        events = run(engine, prompt("Hello", max_tokens=6, ignore_eos=True))
+        end = events[-1]
+        assert isinstance(end, Finished), events
+        assert end.completion_tokens == 6
+    finally:
+        engine.close()
+
+
+def test_an_unknown_dtype_is_refused_with_its_name() -> None:
+    from bentochain.engines.llm.engine import resolve_dtype
+
+    with pytest.raises(ValueError, match="'int8'"):
+        resolve_dtype("int8", torch.device("cpu"))
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16

@@ -65,6 +65,8 @@ class EngineConfig:
     max_batch_tokens: int = 2048
     device: str = "auto"
     """``auto`` (CUDA when torch sees it, else the CPU), or a torch device such as ``cuda:1``."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16``, ``float16``."""
     prefix_caching: bool = True
     """Reuse the KV of full prompt blocks across requests (see ``prefix``)."""
     step_timeout_seconds: float = 120.0
@@ -124,7 +126,7 @@ class LLMEngine:
         self.metrics = metrics or NullMetrics()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = resolve_device(config.device)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        dtype = resolve_dtype(config.dtype, self.device)
         model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=register_attention()
         )
@@ -576,6 +578,17 @@ class LLMEngine:
                 completion_tokens=seq.generated,
             )
         )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype a profile names; ``auto`` is bfloat16 on CUDA and float32 elsewhere,
+    where bfloat16 is only fast on CPUs with native support (AVX512-BF16, AMX)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"llm.dtype {name!r} is not a torch floating-point type")
+    return dtype
 
 
 def resolve_device(name: str) -> torch.device:

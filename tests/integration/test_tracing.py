@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Server
-from tests.support.otlp import Collector, Span
+from tests.support.otlp import Collector, Span, closed
 from tests.support.serving import until
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,11 @@ def test_a_streamed_chat_is_one_trace_from_the_gateway_to_the_model(
     request_id = response.headers["x-request-id"]
 
     def complete(spans: list[Span]) -> bool:
-        return any(s.name == "chat llama-tiny" for s in spans) and any(
-            s.service == "Gateway" and s.span_id == gateway_span for s in spans
+        return (
+            closed(spans)
+            and any(s.name == "chat llama-tiny" for s in spans)
+            and any(s.service == "Gateway" and s.span_id == gateway_span for s in spans)
+            and any(s.service == "LLM" and s.kind == 2 for s in spans)
         )
 
     spans = collector.wait_for(trace_id, complete, "the chat's trace")
@@ -89,7 +92,7 @@ def test_a_sql_run_is_one_trace_through_its_steps_and_every_service(
     def complete(spans: list[Span]) -> bool:
         generations = [s for s in spans if s.service == "LLM" and s.name.startswith("chat ")]
         chain = [s for s in spans if s.name == "chain sql"]
-        return len(generations) == calls and bool(chain)
+        return closed(spans) and len(generations) == calls and bool(chain)
 
     spans = collector.wait_for(trace_id, complete, "the SQL run's trace")
     assert {s.service for s in spans} == {"Gateway", "SQLChain", "LLM"}
@@ -136,7 +139,8 @@ def test_an_incoming_traceparent_is_continued(gateway: Server, collector: Collec
     assert trace_of(response)[0] == trace_id
 
     def complete(spans: list[Span]) -> bool:
-        return {s.service for s in spans} >= {"Gateway", "TranslatorES"}
+        services = {s.service for s in spans}
+        return closed(spans, outside=caller_span) and services >= {"Gateway", "TranslatorES"}
 
     spans = collector.wait_for(trace_id, complete, "the translation's trace")
     root = one(spans, lambda s: s.service == "Gateway" and s.kind == 2, "the gateway's span")

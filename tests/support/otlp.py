@@ -106,6 +106,17 @@ class Collector:
         raise AssertionError(f"{what}: not within {polls} polls; got {self.trace(trace_id)}")
 
 
+def closed(spans: list[Span], outside: str | None = None) -> bool:
+    """Whether every span's parent has arrived too, so no span of the trace is still on its way.
+
+    Each process exports in its own batches, and a server span ends (and is exported) after
+    the children it carries, so a trace read as soon as its leaves arrive can lack its middle.
+    ``outside`` is the caller's span id when the trace was continued from a ``traceparent``.
+    """
+    ids = {s.span_id for s in spans}
+    return bool(spans) and all(s.parent_id in ids or s.parent_id == outside for s in spans)
+
+
 def _app(collector: Collector) -> Starlette:
     async def traces(request: Request) -> Response:
         body = await request.body()

@@ -23,6 +23,7 @@ from aiohttp import web
 from bentochain.config.schema import ReplicaAddress, UpstreamSettings
 from bentochain.serving.topology import free_port
 from bentochain.serving.upstream import Upstream, UpstreamError
+from bentochain.serving.upstream.balancing import LeastLoad
 from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER
 from bentochain.serving.upstream.discovery import (
     FileDiscovery,
@@ -32,6 +33,7 @@ from bentochain.serving.upstream.discovery import (
     dns,
     fixed,
 )
+from bentochain.serving.upstream.replicas import Replica
 from bentochain.serving.upstream.routing import VERSION_HEADER, request_scope
 
 JSON = "application/json"
@@ -256,6 +258,21 @@ def test_least_load_follows_what_replicas_report() -> None:
     busy, idle = run(scenario())
     assert busy == Counter({"r1": 6})  # b holds nothing between calls: 0 < 7
     assert idle == Counter({"r0": 5, "r1": 5})
+
+
+def test_a_short_request_inside_a_probes_window_is_not_taken_for_another_callers_load() -> None:
+    """The replica counted a request of ours that started and ended while the probe was out;
+    read as someone else's, it made an idle replica tie with a busy one (2 of 20 requests went
+    to the busy replica in a CI run)."""
+    idle, busy = Replica("idle"), Replica("busy")
+    sent = idle.probe_sent(), busy.probe_sent()
+    idle.started()  # ours: counted by the replica as it measured, over before its answer
+    idle.ended()
+    idle.probed(1, False, sent[0])
+    busy.probed(1, False, sent[1])  # another caller's stream
+    assert (idle.load_estimate, busy.load_estimate) == (0, 1)
+    least = LeastLoad()
+    assert {least.pick([idle, busy]).url for _ in range(10)} == {"idle"}
 
 
 def test_a_refused_connection_is_retried_on_another_replica_and_skipped() -> None:

@@ -238,10 +238,7 @@ class Upstream:
     async def _probe(self, replica: Replica) -> None:
         session = await self._client(replica.url)._session_manager.get_session()
         timeout = aiohttp.ClientTimeout(total=max(2.0, self.settings.probe_seconds * 2))
-        # The replica counts our requests in flight at some moment between the probe's send and
-        # its answer; one that ended in between (it was counted) must still be taken out, or an
-        # idle replica looks as busy as one that really is.
-        sent_with = replica.in_flight
+        sent = replica.probe_sent()
         try:
             async with session.get("/load", timeout=timeout, headers=self._internal) as response:
                 report = await response.json() if response.ok else None
@@ -250,8 +247,7 @@ class Upstream:
             self._failed(replica)
         if isinstance(report, dict):
             load = float(report.get("load", 0))
-            ours = max(sent_with, replica.in_flight)
-            replica.probed(load, bool(report.get("draining", False)), ours)
+            replica.probed(load, bool(report.get("draining", False)), sent)
             self.metrics.load(replica.url, replica.track, load)
 
     async def _close_retired(self) -> None:

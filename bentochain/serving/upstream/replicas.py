@@ -27,6 +27,7 @@ class Replica:
     skip_until: float = 0.0
     draining: bool = False
     others_load: float = 0.0  # the last reported load, less this caller's share of it
+    started_total: int = 0  # every request this caller sent here, for a probe's window
 
     def available(self, now: float) -> bool:
         """Whether a new request may go here (not failing, not draining)."""
@@ -39,6 +40,7 @@ class Replica:
 
     def started(self) -> None:
         self.in_flight += 1
+        self.started_total += 1
 
     def ended(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
@@ -58,10 +60,27 @@ class Replica:
         self.failures = 0
         self.skip_until = 0.0
 
-    def probed(self, load: float, draining: bool, ours: int) -> None:
-        """What a ``/load`` probe found: its load, which counts ``ours`` (this caller's requests
-        in flight when the replica measured it, taken out), and whether it drains."""
+    def probe_sent(self) -> ProbeSent:
+        """What to remember as a ``/load`` probe leaves, for ``probed``."""
+        return ProbeSent(self.in_flight, self.started_total)
+
+    def probed(self, load: float, draining: bool, sent: ProbeSent) -> None:
+        """What a ``/load`` probe found: its load, and whether it drains.
+
+        The replica counted this caller's requests at one moment between the probe's send and
+        its answer: at most those in flight at the send plus those started since, even if they
+        have ended by now (a short request can start and end inside the window). All of them
+        come out, so the estimate errs towards this caller's own share, which ``in_flight``
+        counts exactly, and never makes an idle replica look as busy as one that really is.
+        """
+        ours = sent.in_flight + (self.started_total - sent.started_total)
         self.others_load = max(0.0, load - ours)
         self.draining = draining
         if not draining:
             self.succeeded()
+
+
+@dataclass(frozen=True)
+class ProbeSent:
+    in_flight: int
+    started_total: int

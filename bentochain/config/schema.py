@@ -396,7 +396,7 @@ class LLMSettings(ModelServiceSettings):
         description=(
             "weights, activations and KV memory: auto is bfloat16 on CUDA and float32 on the "
             "CPU (exact, and fast on any CPU); bfloat16 halves memory and, on CPUs with "
-            "AVX512-BF16 or AMX, about doubles the speed"
+            "AVX512-BF16 or AMX, is about 2x faster at batch 1 and 12-30% faster at 32 users"
         ),
     )
 

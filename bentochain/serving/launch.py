@@ -12,7 +12,9 @@ keep-alive connection after 5 s of silence by default, and aiohttp (BentoML's de
 reuses one for up to 15 s: a caller that picks a connection just as the server closes it gets
 ``ServerDisconnectedError`` for a request the server never read (seen: 5 of 384 concurrent
 embeddings in the split topology). With the server waiting longer than any caller, only the
-caller closes idle connections.
+caller closes idle connections. The dependencies ``bentoml serve`` starts inside a composed Bento
+do not get this option, so callers also stop reusing an idle connection after
+``upstream.client.REUSE_SECONDS``, under uvicorn's 5 s.
 
 Usage: ``python -m bentochain.serving.launch LABEL serve|start-http-server ARGS...``
 """

@@ -553,6 +553,28 @@ def test_servers_keep_idle_connections_longer_than_callers_reuse_them() -> None:
     assert server_args(["--timeout-keep-alive", "9"]) == ["--timeout-keep-alive", "9"]
 
 
+def test_callers_stop_reusing_an_idle_connection_before_a_composed_callee_closes_it() -> None:
+    """``bentoml serve`` starts a composed Bento's dependencies with the worker's default
+    keep-alive (``--timeout-keep-alive`` reaches only the entry service): a caller that reused
+    a connection for longer sent a chat on one the LLM was closing (503 "unreachable")."""
+    from _bentoml_impl.worker.service import main as worker
+
+    (callee_keeps,) = [p.default for p in worker.params if p.name == "timeout_keep_alive"]
+
+    async def reuse() -> float:
+        async with replicas("ok") as (a,):
+            up = upstream(static(a.url), strategy="round_robin")
+            try:
+                await spread(up, 2)
+                session = await up._client(a.url)._session_manager.get_session()
+                return float(session.connector._keepalive_timeout)
+            finally:
+                await up.aclose()
+
+    assert isinstance(callee_keeps, int)
+    assert run(reuse()) < callee_keeps
+
+
 def test_in_the_split_topology_only_the_gateway_binds_the_asked_address() -> None:
     from bentochain.serving.topology import LOOPBACK, SplitTopology
 

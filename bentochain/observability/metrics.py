@@ -229,8 +229,9 @@ def _upstream_families() -> tuple[Any, Any, Any, Any]:
     load = bentoml.metrics.Gauge(
         name="bentochain_upstream_replica_load",
         documentation=(
-            "Each replica's load (running + waiting requests) as it last reported it to this "
-            "caller: what least_load balances on."
+            "Each replica's load from other callers (running + waiting requests as it last "
+            "reported them, less this caller's own, which bentochain_upstream_in_flight_requests "
+            "counts): what least_load balances on, with this caller's requests in flight."
         ),
         labelnames=["service", "replica", "version"],
         multiprocess_mode="livemostrecent",

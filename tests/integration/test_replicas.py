@@ -230,7 +230,7 @@ def test_least_load_avoids_a_replica_busy_with_another_callers_work(split: Split
     """The default strategy sees load this caller did not send (least_connections cannot)."""
     first, second = (s["url"] for s in split.serving("LLM"))
 
-    def seen_busy() -> bool:
+    def seen_busy() -> bool:  # with another caller's work, as least_load sees it
         loads = samples(split.url, "bentochain_upstream_replica_load")
         return any(labels["replica"] == first and v >= 1 for labels, v in loads)
 

@@ -265,7 +265,7 @@ class Upstream:
         if isinstance(report, dict):
             load = float(report.get("load", 0))
             replica.probed(load, bool(report.get("draining", False)), sent)
-            self.metrics.load(replica.url, replica.track, load)
+            self.metrics.load(replica.url, replica.track, replica.others_load)
 
     async def _close_retired(self) -> None:
         for url, replica in list(self._retired.items()):

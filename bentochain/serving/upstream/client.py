@@ -124,9 +124,8 @@ async def _session(client: Any) -> aiohttp.ClientSession:
     """The BentoML client's current session, reusing idle connections for ``REUSE_SECONDS`` at
     most (BentoML makes its connector with aiohttp's default, and remakes it on recycling)."""
     session: aiohttp.ClientSession = await client._session_manager.get_session()
-    connector = session.connector
-    if connector is not None and connector._keepalive_timeout != REUSE_SECONDS:
-        connector._keepalive_timeout = REUSE_SECONDS
+    if session.connector is not None:
+        session.connector._keepalive_timeout = REUSE_SECONDS
     return session
 
 

@@ -399,6 +399,14 @@ class LLMSettings(ModelServiceSettings):
             "AVX512-BF16 or AMX, is about 2x faster at batch 1 and 12-30% faster at 32 users"
         ),
     )
+    packed_weights: bool = Field(
+        True,
+        description=(
+            "on the CPU, pack the linear layers' weights once at load for oneDNN: the same "
+            "results to float rounding, 1.4x faster decode steps at 32 rows and 1.7x at one "
+            "(AMD EPYC); costs a second copy of tied output embeddings"
+        ),
+    )
 
     @model_validator(mode="after")
     def _callers_wait_out_the_queue(self) -> LLMSettings:

@@ -20,4 +20,5 @@ def engine_config(settings: LLMSettings) -> EngineConfig:
         dtype=settings.dtype,
         prefix_caching=settings.kv_cache.prefix_caching,
         step_timeout_seconds=settings.watchdog.step_timeout_seconds,
+        packed_weights=settings.packed_weights,
     )

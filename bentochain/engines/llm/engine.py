@@ -10,6 +10,13 @@ memory holds ``kv_blocks`` × ``block_size`` tokens, a step prefills at most ``m
 prompt tokens, at most ``max_waiting_requests`` wait (past that: 429 at once), and a request that
 waited ``max_queue_seconds`` gets a 503. The model runs on a thread of its own, so the service's
 event loop stays free to accept, stream and cancel requests while a step computes.
+
+That thread also loads the model, and no other thread runs torch's parallel operators. With
+OpenMP (torch's CPU threading), every thread that runs parallel operators keeps a team of worker
+threads; once there are more of those than cores, libgomp stops spin-waiting between parallel
+regions and wakes its workers through the kernel each time. A model loaded on the service's
+main thread left such a team behind, and every small operator of a decode step then paid a
+wake-up: 1.5x slower steps on 2 cores (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncGenerator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,7 @@ from bentochain.engines.llm.types import (
     SamplingParams,
     Started,
 )
+from bentochain.engines.packing import can_pack, pack_linear_layers
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,8 @@ class EngineConfig:
     """Reuse the KV of full prompt blocks across requests (see ``prefix``)."""
     step_timeout_seconds: float = 120.0
     """A step running longer makes the engine not live (see ``health``)."""
+    packed_weights: bool = True
+    """On the CPU, run linear layers on weights packed for oneDNN (see ``engines.packing``)."""
 
 
 @dataclass(frozen=True)
@@ -120,25 +131,23 @@ class LLMEngine:
     def __init__(
         self, model_dir: Path, config: EngineConfig, metrics: EngineMetrics | None = None
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.config = config
         self.metrics = metrics or NullMetrics()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, self.device)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation=register_attention()
+        self._lock = threading.Condition()
+        self._waiting: deque[_Job] = deque()
+        self._running: list[_Sequence] = []
+        self._closed = False
+        self._step_started: float | None = None
+        loaded: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(model_dir, loaded), name="llm-engine", daemon=True
         )
-        self.model: Any = model.to(self.device).eval()
-        text_config = self.model.config.get_text_config()
-        self.context_length = int(getattr(text_config, "max_position_embeddings", None) or 2048)
-        self.eos_ids = self._eos_ids()
-        self.kv_layout = KVLayout.of(text_config, dtype, self.device)
-        self.budget = BlockBudget(config.kv_blocks)
-        self.prefix = PrefixCache(config.block_size, self.budget) if config.prefix_caching else None
-        self.runner = ModelRunner(self.model, self.device)
-        self.sampler = Sampler(self.device)
+        self._thread.start()
+        loaded.result()  # a model that cannot load fails the constructor, as a load here would
         per_token = self.kv_layout.bytes_per_token
         logger.info(
             "KV memory: %d blocks x %d tokens = %d tokens, at most %.1f MiB (%d bytes a token)",
@@ -148,13 +157,27 @@ class LLMEngine:
             self.kv_capacity_tokens * per_token / 2**20,
             per_token,
         )
-        self._lock = threading.Condition()
-        self._waiting: deque[_Job] = deque()
-        self._running: list[_Sequence] = []
-        self._closed = False
-        self._step_started: float | None = None
-        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
-        self._thread.start()
+
+    def _load(self, model_dir: Path) -> None:
+        """Load the model (on the engine thread: see the module's docstring for why)."""
+        from transformers import AutoModelForCausalLM
+
+        config = self.config
+        dtype = resolve_dtype(config.dtype, self.device)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation=register_attention()
+        )
+        self.model: Any = model.to(self.device).eval()
+        if config.packed_weights and can_pack(self.device, dtype):
+            logger.info("packed %d linear layers for oneDNN", pack_linear_layers(self.model))
+        text_config = self.model.config.get_text_config()
+        self.context_length = int(getattr(text_config, "max_position_embeddings", None) or 2048)
+        self.eos_ids = self._eos_ids()
+        self.kv_layout = KVLayout.of(text_config, dtype, self.device)
+        self.budget = BlockBudget(config.kv_blocks)
+        self.prefix = PrefixCache(config.block_size, self.budget) if config.prefix_caching else None
+        self.runner = ModelRunner(self.model, self.device)
+        self.sampler = Sampler(self.device)
 
     def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
@@ -320,7 +343,13 @@ class LLMEngine:
 
     # -- engine side (its own thread) -------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, model_dir: Path, loaded: Future[None]) -> None:
+        try:
+            self._load(model_dir)
+        except BaseException as exc:  # handed to the constructor, which raises it
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(None)
         try:
             self._loop()
         finally:  # closed, or the thread dies: nobody is left waiting for an answer

@@ -78,5 +78,5 @@ def test_a_model_that_cannot_load_fails_the_engine_constructor(
     broken = tmp_path / "broken"
     shutil.copytree(demo_dir / "llama-tiny", broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+    with pytest.raises(Exception, match=r"(?i)safetensors|header|deserializ"):
         LLMEngine(broken, EngineConfig(kv_blocks=64))

@@ -7,7 +7,7 @@ from pathlib import Path
 import bentoml
 
 from bentochain.engines.encoder import EncodedText
-from bentochain.serving.batching import Batcher
+from bentochain.serving.batching import Batcher, model_thread
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -22,11 +22,14 @@ class Embedder:
         from bentochain.engines.encoder import SentenceEncoder
 
         quiet_transformers()
-        encoder = SentenceEncoder(Path(self.model.path), SETTINGS.max_seq_length)
+        thread = model_thread("embedder-model")
+        path = Path(self.model.path)
+        encoder = thread.submit(SentenceEncoder, path, SETTINGS.max_seq_length).result()
         self.batcher: Batcher[str, EncodedText] = Batcher(
             lambda texts: EncodedText.batch(encoder.encode(texts)),
             max_batch_size=SETTINGS.batching.max_batch_size,
             max_wait_seconds=SETTINGS.batching.max_latency_ms / 1000,
+            executor=thread,
         )
 
     @bentoml.api

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import bentoml
 
-from bentochain.serving.batching import Batcher
+from bentochain.serving.batching import Batcher, model_thread
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -23,15 +23,18 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
             from bentochain.engines.translator import Translator as Engine
 
             quiet_transformers()
-            engine = Engine(
+            thread = model_thread(f"{name.lower()}-model")
+            engine = thread.submit(
+                Engine,
                 Path(self.model.path),
                 max_new_tokens=settings.max_new_tokens,
                 num_beams=settings.num_beams,
-            )
+            ).result()
             self.batcher: Batcher[str, str] = Batcher(
                 engine.translate,
                 max_batch_size=settings.batching.max_batch_size,
                 max_wait_seconds=settings.batching.max_latency_ms / 1000,
+                executor=thread,
             )
 
         @bentoml.api

@@ -8,15 +8,24 @@ although a real batch would have served them in time (30 of 384 requests in a CI
 concurrency test). This batcher has no estimate. While the model runs, requests queue; when it is
 free, everything queued (up to ``max_batch_size`` items) runs as one batch. Only a request that
 really waited ``max_wait_seconds`` without starting is refused.
+
+Each service's model lives on one thread of its own (``model_thread``): loaded there and run
+there, never on the event loop's thread or a pool of threads. torch's CPU operators run on
+OpenMP, which keeps a team of worker threads for every thread that calls a parallel operator;
+with more of those than cores, libgomp stops spin-waiting between operators and every operator
+pays a kernel wake-up (the LLM engine's module docstring has the measurement).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -26,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+def model_thread(name: str) -> ThreadPoolExecutor:
+    """The one thread a service loads its model on and runs it on (see the module docstring):
+    ``executor.submit(load).result()``, then hand it to ``Batcher``."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
 
 class BatchRefused(ServiceUnavailable):
@@ -40,7 +55,7 @@ class _Job(Generic[In, Out]):
 
 
 class Batcher(Generic[In, Out]):
-    """Runs ``fn`` (items → one result per item, blocking) on a thread, on the items of every
+    """Runs ``fn`` (items → one result per item, blocking) on ``executor``, on the items of every
     request queued while the previous batch ran. A request's items stay together in one batch;
     one larger than ``max_batch_size`` runs alone. A batch that fails is run again one request
     at a time, so a bad input fails only its own request."""
@@ -51,9 +66,11 @@ class Batcher(Generic[In, Out]):
         *,
         max_batch_size: int,
         max_wait_seconds: float,
+        executor: ThreadPoolExecutor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fn = fn
+        self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait_seconds = max_wait_seconds
         self._clock = clock
@@ -131,7 +148,8 @@ class Batcher(Generic[In, Out]):
             start += len(job.items)
 
     async def _compute(self, items: list[In]) -> list[Out]:
-        results = list(await asyncio.to_thread(self._fn, items))
+        call = functools.partial(contextvars.copy_context().run, self._fn, items)
+        results = list(await asyncio.get_running_loop().run_in_executor(self._executor, call))
         if len(results) != len(items):
             raise RuntimeError(f"the model answered {len(results)} results for {len(items)} items")
         return results

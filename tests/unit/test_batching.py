@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bentochain.serving.batching import Batcher, BatchRefused
+from bentochain.serving.batching import Batcher, BatchRefused, model_thread
 
 
 class Model:
@@ -156,3 +156,28 @@ def test_a_model_that_answers_the_wrong_number_of_results_fails_the_request() ->
 
 def test_a_refusal_is_a_503() -> None:
     assert BatchRefused("x").error_code == 503
+
+
+def test_every_batch_runs_on_the_model_thread_it_was_loaded_on() -> None:
+    """One thread owns the model (see ``model_thread``), however many batches run."""
+    thread = model_thread("test-model")
+    loaded_on = thread.submit(threading.get_ident).result()
+    ran_on: set[int] = set()
+
+    def model(texts: list[str]) -> list[str]:
+        ran_on.add(threading.get_ident())
+        return [t.upper() for t in texts]
+
+    async def scenario() -> None:
+        batcher: Batcher[str, str] = Batcher(
+            model, max_batch_size=2, max_wait_seconds=60, executor=thread
+        )
+        answers = await asyncio.gather(*(batcher([f"t{i}"]) for i in range(8)))
+        assert answers == [[f"T{i}"] for i in range(8)]
+
+    try:
+        run(scenario)
+    finally:
+        thread.shutdown()
+    assert ran_on == {loaded_on}
+    assert loaded_on != threading.get_ident()

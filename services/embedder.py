@@ -24,7 +24,12 @@ class Embedder:
         quiet_transformers()
         thread = model_thread("embedder-model")
         path = Path(self.model.path)
-        encoder = thread.submit(SentenceEncoder, path, SETTINGS.max_seq_length).result()
+        encoder = thread.submit(
+            SentenceEncoder,
+            path,
+            SETTINGS.max_seq_length,
+            packed_weights=SETTINGS.packed_weights,
+        ).result()
         self.batcher: Batcher[str, EncodedText] = Batcher(
             lambda texts: EncodedText.batch(encoder.encode(texts)),
             max_batch_size=SETTINGS.batching.max_batch_size,

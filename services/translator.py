@@ -29,6 +29,7 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
                 Path(self.model.path),
                 max_new_tokens=settings.max_new_tokens,
                 num_beams=settings.num_beams,
+                packed_weights=settings.packed_weights,
             ).result()
             self.batcher: Batcher[str, str] = Batcher(
                 engine.translate,

@@ -320,6 +320,14 @@ class ModelServiceSettings(ServiceSettings):
     batching: Batching = Batching()
     upstream: UpstreamSettings = UpstreamSettings()
     canary: Canary | None = None
+    packed_weights: bool = Field(
+        True,
+        description=(
+            "on the CPU, pack the model's linear layers once at load for oneDNN: the same "
+            "results to float rounding, 2.3-2.7x faster matrix products on an AMD EPYC "
+            "(docs/decisions.md); costs a second copy of tied output embeddings"
+        ),
+    )
 
     @property
     def served_id(self) -> str:
@@ -397,14 +405,6 @@ class LLMSettings(ModelServiceSettings):
             "weights, activations and KV memory: auto is bfloat16 on CUDA and float32 on the "
             "CPU (exact, and fast on any CPU); bfloat16 halves memory and, on CPUs with "
             "AVX512-BF16 or AMX, is about 2x faster at batch 1 and 12-30% faster at 32 users"
-        ),
-    )
-    packed_weights: bool = Field(
-        True,
-        description=(
-            "on the CPU, pack the linear layers' weights once at load for oneDNN: the same "
-            "results to float rounding, 1.4x faster decode steps at 32 rows and 1.7x at one "
-            "(AMD EPYC); costs a second copy of tied output embeddings"
         ),
     )
 

@@ -54,13 +54,19 @@ class EncodedText(BaseModel):
 
 
 class SentenceEncoder:
-    def __init__(self, model_dir: Path, max_seq_length: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, max_seq_length: int | None = None, *, packed_weights: bool = True
+    ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from bentochain.engines.packing import pack_if_possible
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model: Any = AutoModel.from_pretrained(model_dir).to(self.device).eval()
+        if packed_weights:
+            pack_if_possible(self.model)
         self.max_seq_length = max_seq_length or self._model_max_length(model_dir)
         self.pooling = self._pooling_mode(model_dir)
         self.dimensions = int(self.model.config.hidden_size)

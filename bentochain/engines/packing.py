@@ -13,10 +13,13 @@ work: on the CPU, with oneDNN present, for float32 and (on CPUs with bfloat16 su
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 PACKABLE_DTYPES = frozenset({torch.float32, torch.bfloat16})
 
@@ -69,3 +72,14 @@ def pack_linear_layers(model: nn.Module) -> int:
     for parent, child_name, linear in targets:
         setattr(parent, child_name, PackedLinear(linear))
     return len(targets)
+
+
+def pack_if_possible(model: nn.Module) -> int:
+    """``pack_linear_layers`` where ``can_pack`` says it works (the model's own device and
+    dtype); 0 elsewhere. Call it on the thread that will run the model."""
+    parameter = next(model.parameters(), None)
+    if parameter is None or not can_pack(parameter.device, parameter.dtype):
+        return 0
+    packed = pack_linear_layers(model)
+    logger.info("packed %d linear layers of %s for oneDNN", packed, type(model).__name__)
+    return packed

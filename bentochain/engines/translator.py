@@ -12,13 +12,19 @@ from typing import Any
 
 
 class Translator:
-    def __init__(self, model_dir: Path, *, max_new_tokens: int, num_beams: int) -> None:
+    def __init__(
+        self, model_dir: Path, *, max_new_tokens: int, num_beams: int, packed_weights: bool = True
+    ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from bentochain.engines.packing import pack_if_possible
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model: Any = AutoModelForSeq2SeqLM.from_pretrained(model_dir).to(self.device).eval()
+        if packed_weights:
+            pack_if_possible(self.model)
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.max_source_tokens = int(

@@ -55,7 +55,7 @@ from bentochain.engines.llm.types import (
     SamplingParams,
     Started,
 )
-from bentochain.engines.packing import can_pack, pack_linear_layers
+from bentochain.engines.packing import pack_if_possible
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ class LLMEngine:
             model_dir, dtype=dtype, attn_implementation=register_attention()
         )
         self.model: Any = model.to(self.device).eval()
-        if config.packed_weights and can_pack(self.device, dtype):
-            logger.info("packed %d linear layers for oneDNN", pack_linear_layers(self.model))
+        if config.packed_weights:
+            pack_if_possible(self.model)
         text_config = self.model.config.get_text_config()
         self.context_length = int(getattr(text_config, "max_position_embeddings", None) or 2048)
         self.eos_ids = self._eos_ids()

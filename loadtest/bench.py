@@ -32,10 +32,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -140,6 +141,29 @@ def _machine() -> dict[str, Any]:
 
 
 # -- offline ------------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def apart(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on a thread that ends with it.
+
+    torch work on this process's main thread would leave an OpenMP team there for good, and
+    every engine thread measured after it would run its small operators several times slower
+    (docs/decisions.md, *one thread per model*). A thread's team goes when the thread does.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def prepare_models(settings: Settings) -> tuple[Path, Path]:
+    """Every model the bench serves, in the BentoML store; the LLM's and the embedder's folders."""
+    model_dir = prepare(settings.llm.model).path
+    embed_dir = prepare(settings.embedder.model).path
+    for ref in (settings.translators.fr.model, settings.translators.es.model):
+        prepare(ModelRef.parse(str(ref)))
+    return model_dir, embed_dir
 
 
 def offline_engine(settings: Settings, model_dir: Path, requests: list[BenchRequest]) -> Run:
@@ -430,10 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     settings, env = _profile(opts.model)
     results = Results(options=json.loads(json.dumps(asdict(opts), default=str)), machine=_machine())
     log(f"preparing models for {opts.model}")
-    model_dir = prepare(settings.llm.model).path
-    embed_dir = prepare(settings.embedder.model).path
-    for ref in (settings.translators.fr.model, settings.translators.es.model):
-        prepare(ModelRef.parse(str(ref)))
+    model_dir, embed_dir = apart(prepare_models, settings)
 
     from transformers import AutoTokenizer
 
@@ -455,16 +476,18 @@ def main(argv: list[str] | None = None) -> int:
     log("offline: the engine in process, every request at once")
     results.runs["offline"] = summarize(offline_engine(settings, model_dir, requests))
     log(f"offline: naive serving, {opts.naive_requests} requests one at a time with generate()")
-    results.figures["naive"] = naive(model_dir, requests[: opts.naive_requests])
+    results.figures["naive"] = apart(naive, model_dir, requests[: opts.naive_requests])
     if opts.hf_continuous_batching:
         log("offline: transformers' continuous batching (generate_batch)")
-        results.figures["hf_continuous_batching"] = hf_continuous_batching(model_dir, requests)
+        results.figures["hf_continuous_batching"] = apart(
+            hf_continuous_batching, model_dir, requests
+        )
     log("offline: prefix caching on the SQL chain's prompt, off then on")
     results.figures["prefix_cache"] = prefix.run(
         settings, model_dir, prefix.sql_chain_prompts(tokenizer)
     )
     log("offline: batched encoding with the embedder")
-    results.figures["embed_offline"] = offline_embeddings(settings, embed_dir, texts)
+    results.figures["embed_offline"] = apart(offline_embeddings, settings, embed_dir, texts)
     gc.collect()
 
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:

@@ -144,7 +144,7 @@ def write_section(figures: dict[str, Any], model: str, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bentochain.models.store import prepare
     from bentochain.serving.startup import quiet_transformers
-    from loadtest.bench import _profile
+    from loadtest.bench import _profile, apart
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo:llama-36m")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_transformers()
     settings, _ = _profile(args.model)
-    model_dir = prepare(settings.llm.model).path
+    model_dir = apart(prepare, settings.llm.model).path
     from transformers import AutoTokenizer
 
     requests = sql_chain_prompts(AutoTokenizer.from_pretrained(model_dir))

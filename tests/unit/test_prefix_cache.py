@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bentochain.engines.llm.engine import EngineConfig, LLMEngine
-from bentochain.engines.llm.kv import BlockBudget, SequenceKV
+from bentochain.engines.llm.kv import BlockBudget, BufferPool, SequenceKV
 from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.prefix import PrefixCache, block_keys
 from bentochain.engines.llm.types import (
@@ -116,8 +116,9 @@ def test_cached_blocks_give_way_to_sequences_that_need_the_memory(demo_dir: Path
         first = answers(engine)
         filled = engine.budget.cached
         second = answers(engine, concurrently=True)
-        assert engine.budget.used == 0
-        assert engine.budget.cached <= engine.budget.total
+        budget = engine.budget
+        assert budget.used == 0
+        assert budget.cached + budget.pooled <= budget.total
     finally:
         engine.close()
     assert filled > 0 and first == second
@@ -162,3 +163,40 @@ def test_the_cache_never_takes_memory_lent_to_sequences() -> None:
     cache = PrefixCache(4, budget)
     assert cache.store(list(range(16)), _kv(16)) == 1  # one free block: one cached
     assert budget.free == 0 and budget.used == 2 and budget.cached == 1
+
+
+def test_a_freed_buffer_is_lent_again_to_a_prompt_that_starts_alike() -> None:
+    """Its prompt's blocks are there already: nothing of them is copied again."""
+    budget = BlockBudget(20)
+    pool = BufferPool(budget)
+    cache = PrefixCache(4, budget, pool)
+    prompt = list(range(16))
+    assert budget.take(5)
+    first = _kv(20, fill=1.0)
+    first.length = 16
+    cache.store(prompt, first)
+    pool.keep(first, 5)
+    assert (budget.used, budget.cached, budget.pooled) == (0, 4, 5)
+    assert pool.reuse(6) is None  # too small for 6 blocks
+    assert pool.reuse(3) is None  # more than an eighth too big for 3
+    hit = cache.lookup([*prompt[:12], 99, 98])
+    assert hit.count == 3
+    lent = pool.reuse(5, hit.keys)
+    assert lent is not None and lent[0] is first and lent[1] == 5
+    assert (budget.used, budget.pooled) == (5, 0)
+    first.all_keys[:, :, :12] = 7.0  # what a restore would have to overwrite, if it copied
+    cache.restore(hit, first)
+    assert first.length == 12 and bool((first.all_keys[:, :, :12] == 7.0).all())
+
+
+def test_kept_buffers_give_way_to_the_prefix_cache_and_to_sequences() -> None:
+    budget = BlockBudget(10)
+    pool = BufferPool(budget)
+    cache = PrefixCache(4, budget, pool)
+    for _ in range(2):
+        assert budget.take(5)
+        pool.keep(_kv(20), 5)
+    assert budget.free == 0 and len(pool) == 2
+    assert cache.store(list(range(8)), _kv(8)) == 2  # one kept buffer is given up for them
+    assert (budget.cached, budget.pooled, len(pool)) == (2, 5, 1)
+    assert pool.drop(3) == 5 and budget.free == 8 and len(pool) == 0

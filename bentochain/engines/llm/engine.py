@@ -37,6 +37,7 @@ import torch
 
 from bentochain.engines.llm.kv import (
     BlockBudget,
+    BufferPool,
     KVLayout,
     SequenceKV,
     blocks_for,
@@ -175,7 +176,12 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.kv_layout = KVLayout.of(text_config, dtype, self.device)
         self.budget = BlockBudget(config.kv_blocks)
-        self.prefix = PrefixCache(config.block_size, self.budget) if config.prefix_caching else None
+        self.pool = BufferPool(self.budget)
+        self.prefix = (
+            PrefixCache(config.block_size, self.budget, self.pool)
+            if config.prefix_caching
+            else None
+        )
         self.runner = ModelRunner(self.model, self.device)
         self.sampler = Sampler(self.device)
 
@@ -445,15 +451,20 @@ class LLMEngine:
             if admitted and prompt - cached > budget:
                 return  # the next step takes it: one long prompt at least goes every step
             need = blocks_for(prompt + (job.params.max_tokens or 0), self.config.block_size)
-            if not self._reserve(need, hit):
+            reused = self.pool.reuse(need, hit.keys)
+            if reused is None and not self._reserve(need, hit):
                 return  # wait for running sequences to give memory back, in arrival order
             now = time.monotonic()
             params = job.params
             try:
+                kv, reserved = reused or (
+                    self.kv_layout.allocate(need * self.config.block_size),
+                    need,
+                )
                 seq = _Sequence(
                     job=job,
-                    kv=self.kv_layout.allocate(need * self.config.block_size),
-                    reserved_blocks=need,
+                    kv=kv,
+                    reserved_blocks=reserved,
                     decoder=IncrementalDecoder(self.tokenizer),
                     stopper=StopMatcher(params.stop),
                     generator=self.sampler.generator_for(params.seed),
@@ -463,7 +474,7 @@ class LLMEngine:
                 logger.exception("admitting a request failed")
                 with self._lock:
                     self._waiting.popleft()
-                self.budget.give_back(need)
+                self.budget.give_back(reused[1] if reused else need)
                 job.emit(Failed(status=500, code="internal_error", message=f"admission: {exc}"))
                 continue
             with self._lock:  # in one move, so that load() never misses it
@@ -486,8 +497,12 @@ class LLMEngine:
             admitted += 1
 
     def _reserve(self, blocks: int, hit: Hit) -> bool:
-        """Lend ``blocks`` to a new sequence, evicting cached prefixes if memory is short (the
-        ones it is about to copy last: the copy holds them even once evicted)."""
+        """Lend ``blocks`` to a new sequence, giving up kept buffers and then cached prefixes
+        if memory is short (the ones it is about to copy last: the copy holds them even once
+        evicted)."""
+        if self.budget.take(blocks):
+            return True
+        self.pool.drop(blocks - self.budget.free)
         if self.budget.take(blocks):
             return True
         if self.prefix is None:
@@ -579,7 +594,7 @@ class LLMEngine:
         if seq.done:
             return
         seq.done = True
-        self.budget.give_back(seq.reserved_blocks)
+        self.pool.keep(seq.kv, seq.reserved_blocks)
         if outcome is None:
             return
         if isinstance(outcome, Failed):

@@ -9,10 +9,15 @@ Each sequence keeps its keys and values in buffers of its own, so attention read
 a decode step costs one small attention call per sequence and layer, and no gather of every
 sequence's history into a padded batch (which cost more than the model's matrix products).
 One sequence's attention never depends on what else is in the batch.
+
+A finished sequence's buffers are kept for the next sequence of about the same size
+(``BufferPool``): memory fresh from the system costs a page fault for every 4 KiB first written,
+which for a prompt restored from the prefix cache cost more than the copy itself.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,19 +34,22 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 class BlockBudget:
-    """How many KV blocks are lent out to sequences or kept by the prefix cache, of a fixed total.
+    """How many KV blocks are lent out to sequences, kept by the prefix cache or held by freed
+    buffers waiting for reuse, of a fixed total.
 
-    Cached blocks are memory too, but evictable: a sequence that needs them gets them first.
+    Cached and pooled blocks are memory too, but can be given up: a sequence that needs them
+    gets them first.
     """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
         self.cached = 0
+        self.pooled = 0
 
     @property
     def free(self) -> int:
-        return self.total - self.used - self.cached
+        return self.total - self.used - self.cached - self.pooled
 
     def take(self, count: int) -> bool:
         if count > self.free:
@@ -58,16 +66,29 @@ class SequenceKV:
     """One sequence's keys and values: [layers, kv_heads, capacity, head_dim] each.
 
     ``keys[layer]`` and ``values[layer]`` are views of one layer; the whole tensors let a run of
-    cached blocks be copied in with one operation.
+    cached blocks be copied in with one operation. ``blocks`` names the full prompt blocks at
+    the buffer's start whose KV it holds (their prefix keys, see ``prefix.block_keys``): a
+    buffer lent again to a prompt that starts alike already holds that much of it.
     """
 
     all_keys: torch.Tensor
     all_values: torch.Tensor
     length: int = 0
+    blocks: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         self.keys = list(self.all_keys.unbind(0))
         self.values = list(self.all_values.unbind(0))
+
+
+def shared_blocks(a: Sequence[bytes], b: Sequence[bytes]) -> int:
+    """How many prefix keys two runs of blocks have in common from their start."""
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,64 @@ class KVLayout:
             all_keys=torch.empty(shape, dtype=self.dtype, device=self.device),
             all_values=torch.empty(shape, dtype=self.dtype, device=self.device),
         )
+
+
+class BufferPool:
+    """Buffers of finished sequences, lent again to new sequences of about the same size.
+
+    A kept buffer counts in the budget (``pooled``) until it is lent again or dropped, so the
+    memory held never exceeds ``kv_blocks``; it is the first thing given up when a sequence or
+    the prefix cache needs memory. A sequence may get a buffer up to an eighth larger than it
+    asked for, and then reserves all of it, so the budget stays exact.
+    """
+
+    SLACK = 8
+    """A kept buffer of ``size`` blocks serves ``blocks`` when blocks ≤ size ≤ blocks × 9/8."""
+
+    def __init__(self, budget: BlockBudget) -> None:
+        self.budget = budget
+        self._kept: OrderedDict[int, tuple[SequenceKV, int]] = OrderedDict()  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def reuse(self, blocks: int, prefix: Sequence[bytes] = ()) -> tuple[SequenceKV, int] | None:
+        """A kept buffer that fits ``blocks`` and how many blocks it reserves, or None.
+
+        Of those that fit, the one holding most of ``prefix`` (a prompt's cached blocks) at its
+        start, then the smallest. Its blocks move from ``pooled`` to ``used``: they were
+        counted already."""
+        best: tuple[int, int, int] | None = None  # (-shared, size, key)
+        for key, (kv, size) in self._kept.items():
+            if not blocks <= size <= blocks + blocks // self.SLACK:
+                continue
+            rank = (-shared_blocks(kv.blocks, prefix), size, key)
+            if best is None or rank[:2] < best[:2]:
+                best = rank
+        if best is None:
+            return None
+        kv, size = self._kept.pop(best[2])
+        self.budget.pooled -= size
+        self.budget.used += size
+        kv.length = 0
+        kv.blocks = kv.blocks[: -best[0]]  # what lies past the shared part will be overwritten
+        return kv, size
+
+    def keep(self, kv: SequenceKV, blocks: int) -> None:
+        """A finished sequence's buffer and the ``blocks`` it reserved, for a later sequence."""
+        self.budget.used -= blocks
+        self.budget.pooled += blocks
+        self._kept[id(kv)] = (kv, blocks)
+
+    def drop(self, blocks: int) -> int:
+        """Give up kept buffers, oldest first, until ``blocks`` blocks are free or none is
+        left; return how many blocks were given up."""
+        dropped = 0
+        while self._kept and dropped < blocks:
+            _, (_, size) = self._kept.popitem(last=False)
+            self.budget.pooled -= size
+            dropped += size
+        return dropped
 
 
 class StepKV:

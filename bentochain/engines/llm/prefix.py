@@ -8,7 +8,8 @@ cached blocks from its start and prefills only the rest.
 Cached blocks live in the same fixed budget as the sequences' memory, are read-only, and are
 evicted least recently used when a sequence needs the memory. Sequences keep their KV in buffers
 of their own (attention reads them in place, see ``kv``), so a hit copies the cached blocks into
-the new sequence's buffer (one copy per run of blocks), which costs far less than computing them.
+the new sequence's buffer, which costs far less than computing them; blocks the buffer already
+holds (lent again after a sequence with the same prefix) are not copied at all.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bentochain.engines.llm.kv import BlockBudget, SequenceKV
+from bentochain.engines.llm.kv import BlockBudget, BufferPool, SequenceKV, shared_blocks
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,12 @@ def block_keys(tokens: Sequence[int], block_size: int) -> list[bytes]:
 class PrefixCache:
     """Full prompt blocks by prefix key, least recently used first."""
 
-    def __init__(self, block_size: int, budget: BlockBudget) -> None:
+    def __init__(
+        self, block_size: int, budget: BlockBudget, pool: BufferPool | None = None
+    ) -> None:
         self.block_size = block_size
         self.budget = budget
+        self.pool = pool
         self._blocks: OrderedDict[bytes, CachedBlock] = OrderedDict()
 
     def __len__(self) -> int:
@@ -85,27 +89,29 @@ class PrefixCache:
         return hit
 
     def restore(self, hit: Hit, kv: SequenceKV) -> None:
-        """Copy a hit's blocks to the start of a new sequence's buffers."""
-        if not hit.count:
-            return
+        """Put a hit's blocks at the start of a new sequence's buffers (those not there yet)."""
         size = self.block_size
-        for index, block in enumerate(hit.blocks):  # in place: no concatenated copy first
+        held = shared_blocks(kv.blocks, hit.keys)
+        for index in range(held, hit.count):  # in place: no concatenated copy first
+            block = hit.blocks[index]
             kv.all_keys[:, :, index * size : (index + 1) * size] = block.keys
             kv.all_values[:, :, index * size : (index + 1) * size] = block.values
         kv.length = hit.count * size
+        kv.blocks = hit.keys
 
     def store(self, tokens: Sequence[int], kv: SequenceKV) -> int:
         """Keep the full blocks of ``tokens`` that ``kv`` has computed; return how many are new.
 
-        A block needs a free block of the budget; older cached blocks make room when none is
-        free, and caching stops when nothing is left to evict (sequences hold the memory).
+        A block needs a free block of the budget; kept buffers (``pool``), then older cached
+        blocks make room when none is free, and caching stops when nothing is left to give up
+        (sequences hold the memory).
         """
         keys = block_keys(tokens[: kv.length], self.block_size)
         added = 0
         for index, key in enumerate(keys):
             if key in self._blocks:
                 continue
-            if not self.budget.free and not self.evict(1, keep=keys):
+            if not self.budget.free and not self._make_room(keys):
                 break
             start, end = index * self.block_size, (index + 1) * self.block_size
             self._blocks[key] = CachedBlock(
@@ -114,6 +120,7 @@ class PrefixCache:
             self.budget.cached += 1
             added += 1
         self._touch(keys)
+        kv.blocks = tuple(keys)
         return added
 
     def evict(self, count: int, keep: Sequence[bytes] = ()) -> int:
@@ -129,6 +136,11 @@ class PrefixCache:
             self.budget.cached -= 1
             dropped += 1
         return dropped
+
+    def _make_room(self, keys: Sequence[bytes]) -> bool:
+        if self.pool is not None and self.pool.drop(1):
+            return True
+        return bool(self.evict(1, keep=keys))
 
     def clear(self) -> None:
         self.evict(len(self._blocks))

@@ -200,3 +200,24 @@ def test_kept_buffers_give_way_to_the_prefix_cache_and_to_sequences() -> None:
     assert cache.store(list(range(8)), _kv(8)) == 2  # one kept buffer is given up for them
     assert (budget.cached, budget.pooled, len(pool)) == (2, 5, 1)
     assert pool.drop(3) == 5 and budget.free == 8 and len(pool) == 0
+
+
+def test_memory_taken_back_from_the_cache_is_lent_once(demo_dir: Path) -> None:
+    """Ever longer distinct prompts: the cache fills what sequences leave, and each prompt must
+    take some of it back to run. Every block lent comes back once the requests are done."""
+    engine = LLMEngine(demo_dir / "llama-tiny", replace(CONFIG, kv_blocks=48, max_running=1))
+    try:
+        evicted = 0
+        for i in range(8):
+            prompt = f"{i} " + " ".join(f"w{i}x{j}" for j in range(8 + 6 * i))
+            req = GenerationRequest(
+                prompt=prompt, params=SamplingParams(temperature=0, max_tokens=4)
+            )
+            cached = engine.budget.cached
+            events = asyncio.run(collect(engine, req))
+            assert isinstance(events[-1], Finished), events[-1]
+            assert engine.budget.used == 0, f"request {i} left blocks lent"
+            evicted += engine.budget.cached < cached
+        assert evicted, "no request had to take memory back from the cache"
+    finally:
+        engine.close()

@@ -508,8 +508,9 @@ class LLMEngine:
         if self.prefix is None:
             return False
         self.prefix.evict(blocks - self.budget.free, keep=hit.keys)
-        if not self.budget.take(blocks):
-            self.prefix.evict(blocks - self.budget.free)
+        if self.budget.take(blocks):
+            return True
+        self.prefix.evict(blocks - self.budget.free)
         return self.budget.take(blocks)
 
     def _decode(self, batch: list[_Sequence]) -> None:

@@ -29,6 +29,7 @@ class Embedder:
             path,
             SETTINGS.max_seq_length,
             packed_weights=SETTINGS.packed_weights,
+            keep_freed_memory=SETTINGS.keep_freed_memory,
         ).result()
         self.batcher: Batcher[str, EncodedText] = Batcher(
             lambda texts: EncodedText.batch(encoder.encode(texts)),

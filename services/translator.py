@@ -30,6 +30,7 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
                 max_new_tokens=settings.max_new_tokens,
                 num_beams=settings.num_beams,
                 packed_weights=settings.packed_weights,
+                keep_freed_memory=settings.keep_freed_memory,
             ).result()
             self.batcher: Batcher[str, str] = Batcher(
                 engine.translate,

@@ -328,6 +328,14 @@ class ModelServiceSettings(ServiceSettings):
             "(docs/decisions.md); costs a second copy of tied output embeddings"
         ),
     )
+    keep_freed_memory: bool = Field(
+        True,
+        description=(
+            "ask glibc malloc to keep freed memory for reuse instead of returning it to the "
+            "system, so activations do not page-fault on every step (bentochain/engines/"
+            "memory.py); the process keeps its peak memory. Process-wide"
+        ),
+    )
 
     @property
     def served_id(self) -> str:

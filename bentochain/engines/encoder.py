@@ -55,12 +55,21 @@ class EncodedText(BaseModel):
 
 class SentenceEncoder:
     def __init__(
-        self, model_dir: Path, max_seq_length: int | None = None, *, packed_weights: bool = True
+        self,
+        model_dir: Path,
+        max_seq_length: int | None = None,
+        *,
+        packed_weights: bool = True,
+        keep_freed_memory: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from bentochain.engines.memory import keep_freed_memory as keep_memory
         from bentochain.engines.packing import pack_if_possible
+
+        if keep_freed_memory:
+            keep_memory()
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,12 +13,22 @@ from typing import Any
 
 class Translator:
     def __init__(
-        self, model_dir: Path, *, max_new_tokens: int, num_beams: int, packed_weights: bool = True
+        self,
+        model_dir: Path,
+        *,
+        max_new_tokens: int,
+        num_beams: int,
+        packed_weights: bool = True,
+        keep_freed_memory: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+        from bentochain.engines.memory import keep_freed_memory as keep_memory
         from bentochain.engines.packing import pack_if_possible
+
+        if keep_freed_memory:
+            keep_memory()
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

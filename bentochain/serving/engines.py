@@ -21,4 +21,5 @@ def engine_config(settings: LLMSettings) -> EngineConfig:
         prefix_caching=settings.kv_cache.prefix_caching,
         step_timeout_seconds=settings.watchdog.step_timeout_seconds,
         packed_weights=settings.packed_weights,
+        keep_freed_memory=settings.keep_freed_memory,
     )

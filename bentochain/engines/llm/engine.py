@@ -56,6 +56,7 @@ from bentochain.engines.llm.types import (
     SamplingParams,
     Started,
 )
+from bentochain.engines.memory import keep_freed_memory
 from bentochain.engines.packing import pack_if_possible
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class EngineConfig:
     """A step running longer makes the engine not live (see ``health``)."""
     packed_weights: bool = True
     """On the CPU, run linear layers on weights packed for oneDNN (see ``engines.packing``)."""
+    keep_freed_memory: bool = True
+    """Have this process's ``malloc`` keep freed memory for reuse (see ``engines.memory``)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class LLMEngine:
         from transformers import AutoModelForCausalLM
 
         config = self.config
+        if config.keep_freed_memory:
+            keep_freed_memory()
         dtype = resolve_dtype(config.dtype, self.device)
         model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation=register_attention()

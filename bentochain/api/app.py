@@ -268,7 +268,10 @@ def create_app(
         tokens = sum(e.tokens for e in encoded)
         await settle_tokens(tokens)
         if record is not None:
-            record.output = {"embeddings": [e.floats() for e in encoded]}
+            # As OpenAI's base64 format: a fifth of the JSON floats' size and no per-float
+            # formatting (ingestion recorded as floats wrote ~8 KB a text and cost the gateway
+            # a tenth of a core at 500 texts/s).
+            record.output = {"embeddings": [_vector(e, "base64") for e in encoded]}
             record.usage = Usage(prompt_tokens=tokens)
         # Built as plain JSON: validating hundreds of floats per text again costs more than
         # the rest of the request.

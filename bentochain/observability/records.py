@@ -54,7 +54,11 @@ class RequestRecord(BaseModel):
     )
     input: Any = Field(None, description="the request body, as the client sent it")
     output: Any = Field(
-        None, description="{texts}, {embeddings} or {chain}: what the client was answered"
+        None,
+        description=(
+            "{texts}, {embeddings} (each base64 float32, OpenAI's base64 format) or {chain}: "
+            "what the client was answered"
+        ),
     )
     usage: Usage | None = None
     latency_s: float

@@ -17,6 +17,7 @@ compared, not how it travelled). The measures:
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -138,6 +139,7 @@ async def _similarities(client: httpx.AsyncClient, replayed: list[Replayed]) -> 
             continue
         if item.record.endpoint == "/v1/embeddings":
             before = item.record.output.get("embeddings", []) if item.record.output else []
+            before = [vector_of(v) for v in before]
             after = item.output.get("embeddings", [])
             item.cosine = _mean([cosine(a, b) for a, b in zip(before, after, strict=False)])
             continue
@@ -162,6 +164,14 @@ async def _similarities(client: httpx.AsyncClient, replayed: list[Replayed]) -> 
         item.cosine = _mean(
             [cosine(a, b) for a, b in zip(vectors[:half], vectors[half:], strict=True)]
         )
+
+
+def vector_of(recorded: str | Sequence[float]) -> Sequence[float]:
+    """A recorded embedding: base64 float32 (as records keep them), or floats (older records)."""
+    if isinstance(recorded, str):
+        floats: list[float] = np.frombuffer(base64.b64decode(recorded), dtype="<f4").tolist()
+        return floats
+    return recorded
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

@@ -32,6 +32,7 @@ from bentochain.engines.translator import Translator
 from bentochain.llms.bento import BentoChatModel
 from bentochain.observability.context import RequestContext
 from bentochain.observability.records import AnyRecord, FeedbackRecord, RequestRecord
+from bentochain.quality.replay import vector_of
 from bentochain.serving.chains import ChainEndpoint, ChainRunner
 from chains.catalog import CHAINS
 from chains.translate import build_translate_chain
@@ -671,7 +672,10 @@ def test_every_answered_request_is_one_record_matching_its_answer(engines: Local
     assert third.usage is not None and third.usage.completion_tokens == 6
 
     fourth = by_id[embeddings.headers["x-request-id"]]
-    assert fourth.output == {"embeddings": [embeddings.json()["data"][0]["embedding"]]}
+    assert fourth.output is not None and isinstance(fourth.output["embeddings"][0], str)
+    assert [vector_of(v) for v in fourth.output["embeddings"]] == [
+        embeddings.json()["data"][0]["embedding"]
+    ]
     assert fourth.model == EMBED
 
     fifth = by_id[translated.headers["x-request-id"]]

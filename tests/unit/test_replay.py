@@ -3,14 +3,16 @@ when it is sent again. Served end to end: tests/integration/test_replay.py."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bentochain.config.schema import QualityGate
 from bentochain.observability.records import RequestRecord
-from bentochain.quality.replay import Replayed, compare, request_of
+from bentochain.quality.replay import Replayed, compare, request_of, vector_of
 
 
 def record(endpoint: str, input: Any, output: Any, latency: float = 1.0) -> RequestRecord:
@@ -105,3 +107,11 @@ def test_requests_are_sent_again_as_plain_requests_for_the_same_answer() -> None
     assert request_of(vectors) == ("/v1/embeddings", {"input": "x", "encoding_format": "float"})
     chain = record("/chains/sql/stream", {"input": {"question": "q"}}, None)
     assert request_of(chain) == ("/chains/sql/invoke", {"input": {"question": "q"}})
+
+
+def test_recorded_embeddings_are_read_in_both_formats() -> None:
+    """Records keep vectors as base64 float32; records written before that kept floats."""
+    floats = [0.5, -1.25, 3.0]
+    packed = base64.b64encode(np.asarray(floats, dtype="<f4").tobytes()).decode("ascii")
+    assert vector_of(packed) == floats
+    assert vector_of(floats) == floats

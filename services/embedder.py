@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 
 from bentochain.engines.encoder import EncodedText
 from bentochain.serving.batching import Batcher, model_thread
-from bentochain.serving.options import install_middleware, service_options
+from bentochain.serving.options import JSON, install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 SETTINGS = profile().embedder
@@ -39,7 +40,7 @@ class Embedder:
         )
 
     @bentoml.api
-    async def encode(self, texts: list[str]) -> list[EncodedText]:
+    async def encode(self, texts: list[str]) -> Annotated[list[EncodedText], JSON]:
         return await self.batcher(texts)
 
 

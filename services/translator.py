@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 
 from bentochain.serving.batching import Batcher, model_thread
-from bentochain.serving.options import install_middleware, service_options
+from bentochain.serving.options import JSON, install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
 
@@ -40,7 +40,7 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
             )
 
         @bentoml.api
-        async def translate(self, texts: list[str]) -> list[str]:
+        async def translate(self, texts: list[str]) -> Annotated[list[str], JSON]:
             return await self.batcher(texts)
 
     return install_middleware(Translator, profile())

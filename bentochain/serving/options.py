@@ -6,8 +6,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from bentoml.validators import ContentType
+
 from bentochain.config.schema import Settings
 from bentochain.observability.metrics import REQUEST_BUCKETS
+
+JSON = ContentType("application/json")
+"""Return-type metadata for an API that answers a list (``Annotated[list[X], JSON]``).
+
+Without it, BentoML derives a root output's media type from its JSON schema on every response
+(~0.3 ms, a fifth of an embedder's per-request work on its event loop, which shares 2 cores with
+the model); with it, the type is known once.
+"""
 
 
 def service_options(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bentochain.engines.llm.engine import EngineConfig, LLMEngine
-from bentochain.engines.llm.kv import BlockBudget, BufferPool, SequenceKV
+from bentochain.engines.llm.kv import BlockBudget, BufferPool, KVArena, KVLayout, SequenceKV
 from bentochain.engines.llm.metrics import NullMetrics
 from bentochain.engines.llm.prefix import PrefixCache, block_keys
 from bentochain.engines.llm.types import (
@@ -131,6 +131,12 @@ def _kv(tokens: int, layers: int = 2, fill: float = 0.0) -> SequenceKV:
     return kv
 
 
+def _arena(budget: BlockBudget) -> KVArena:
+    """An arena the size of ``budget`` for ``_kv``'s shape, in blocks of 4 tokens."""
+    layout = KVLayout(2, 1, 4, torch.float32, torch.device("cpu"))
+    return KVArena(layout, budget.total, 4)
+
+
 def test_a_key_names_the_whole_prefix_not_just_its_block() -> None:
     a = block_keys([1, 2, 3, 4, 5, 6, 7, 8], 4)
     b = block_keys([9, 9, 9, 9, 5, 6, 7, 8], 4)
@@ -140,7 +146,7 @@ def test_a_key_names_the_whole_prefix_not_just_its_block() -> None:
 
 def test_eviction_takes_the_ends_of_prefixes_before_their_starts() -> None:
     budget = BlockBudget(100)
-    cache = PrefixCache(4, budget)
+    cache = PrefixCache(4, budget, _arena(budget))
     old = list(range(16))
     new = list(range(100, 116))
     assert cache.store(old, _kv(16, fill=1.0)) == 4
@@ -160,7 +166,7 @@ def test_eviction_takes_the_ends_of_prefixes_before_their_starts() -> None:
 def test_the_cache_never_takes_memory_lent_to_sequences() -> None:
     budget = BlockBudget(3)
     assert budget.take(2)
-    cache = PrefixCache(4, budget)
+    cache = PrefixCache(4, budget, _arena(budget))
     assert cache.store(list(range(16)), _kv(16)) == 1  # one free block: one cached
     assert budget.free == 0 and budget.used == 2 and budget.cached == 1
 
@@ -168,8 +174,9 @@ def test_the_cache_never_takes_memory_lent_to_sequences() -> None:
 def test_a_freed_buffer_is_lent_again_to_a_prompt_that_starts_alike() -> None:
     """Its prompt's blocks are there already: nothing of them is copied again."""
     budget = BlockBudget(20)
-    pool = BufferPool(budget)
-    cache = PrefixCache(4, budget, pool)
+    arena = _arena(budget)
+    pool = BufferPool(budget, arena)
+    cache = PrefixCache(4, budget, arena, pool)
     prompt = list(range(16))
     assert budget.take(5)
     first = _kv(20, fill=1.0)
@@ -191,8 +198,9 @@ def test_a_freed_buffer_is_lent_again_to_a_prompt_that_starts_alike() -> None:
 
 def test_kept_buffers_give_way_to_the_prefix_cache_and_to_sequences() -> None:
     budget = BlockBudget(10)
-    pool = BufferPool(budget)
-    cache = PrefixCache(4, budget, pool)
+    arena = _arena(budget)
+    pool = BufferPool(budget, arena)
+    cache = PrefixCache(4, budget, arena, pool)
     for _ in range(2):
         assert budget.take(5)
         pool.keep(_kv(20), 5)
@@ -221,3 +229,40 @@ def test_memory_taken_back_from_the_cache_is_lent_once(demo_dir: Path) -> None:
         assert evicted, "no request had to take memory back from the cache"
     finally:
         engine.close()
+
+
+def test_the_arena_lends_runs_of_blocks_and_merges_what_comes_back() -> None:
+    budget = BlockBudget(10)
+    arena = _arena(budget)
+    a, b, c = arena.sequence(3), arena.sequence(3), arena.sequence(4)
+    assert (a.span, b.span, c.span, arena.free_blocks) == ((0, 3), (3, 3), (6, 4), 0)
+    assert a.all_keys.shape == (2, 1, 12, 4)
+    b.all_keys.fill_(5.0)
+    assert bool((a.all_keys == 0).all()) and bool((c.all_keys == 0).all())  # runs never overlap
+    arena.release(a)
+    arena.release(c)
+    spare = arena.sequence(5)  # 3 + 4 blocks free, in two pieces: memory of its own
+    assert spare.span is None and spare.all_keys.shape == (2, 1, 20, 4)
+    arena.release(b)
+    arena.release(b)  # a second release gives nothing back twice
+    assert arena.free_blocks == 10
+    whole = arena.sequence(10)  # the three runs merged into one again
+    assert whole.span == (0, 10) and arena.free_blocks == 0
+
+
+def test_cached_blocks_and_kept_buffers_live_in_the_arena_and_leave_it_when_dropped() -> None:
+    budget = BlockBudget(12)
+    arena = _arena(budget)
+    pool = BufferPool(budget, arena)
+    cache = PrefixCache(4, budget, arena, pool)
+    assert budget.take(4)
+    seq = arena.sequence(4)
+    seq.all_keys[:, :, :16] = 3.0
+    seq.length = 16
+    assert cache.store(list(range(16)), seq) == 4
+    pool.keep(seq, 4)
+    assert arena.free_blocks == budget.free == 4
+    hit = cache.lookup([*range(16), 0])
+    assert hit.count == 4 and bool((hit.blocks[3].keys == 3.0).all())
+    assert cache.evict(4) == 4 and pool.drop(4) == 4
+    assert arena.free_blocks == budget.free == 12

@@ -38,6 +38,7 @@ import torch
 from bentochain.engines.llm.kv import (
     BlockBudget,
     BufferPool,
+    KVArena,
     KVLayout,
     SequenceKV,
     blocks_for,
@@ -181,9 +182,10 @@ class LLMEngine:
         self.eos_ids = self._eos_ids()
         self.kv_layout = KVLayout.of(text_config, dtype, self.device)
         self.budget = BlockBudget(config.kv_blocks)
-        self.pool = BufferPool(self.budget)
+        self.arena = KVArena(self.kv_layout, config.kv_blocks, config.block_size)
+        self.pool = BufferPool(self.budget, self.arena)
         self.prefix = (
-            PrefixCache(config.block_size, self.budget, self.pool)
+            PrefixCache(config.block_size, self.budget, self.arena, self.pool)
             if config.prefix_caching
             else None
         )
@@ -457,15 +459,15 @@ class LLMEngine:
                 return  # the next step takes it: one long prompt at least goes every step
             need = blocks_for(prompt + (job.params.max_tokens or 0), self.config.block_size)
             reused = self.pool.reuse(need, hit.keys)
-            if reused is None and not self._reserve(need, hit):
-                return  # wait for running sequences to give memory back, in arrival order
+            if reused is None:
+                kept = self._reserve(need, hit)
+                if kept is None:
+                    return  # wait for running sequences to give memory back, in arrival order
+                hit, cached = kept, kept.count * self.config.block_size
             now = time.monotonic()
             params = job.params
+            kv, reserved = reused or (self.arena.sequence(need), need)
             try:
-                kv, reserved = reused or (
-                    self.kv_layout.allocate(need * self.config.block_size),
-                    need,
-                )
                 seq = _Sequence(
                     job=job,
                     kv=kv,
@@ -479,7 +481,8 @@ class LLMEngine:
                 logger.exception("admitting a request failed")
                 with self._lock:
                     self._waiting.popleft()
-                self.budget.give_back(reused[1] if reused else need)
+                self.budget.give_back(reserved)
+                self.arena.release(kv)
                 job.emit(Failed(status=500, code="internal_error", message=f"admission: {exc}"))
                 continue
             with self._lock:  # in one move, so that load() never misses it
@@ -501,22 +504,23 @@ class LLMEngine:
             budget -= prompt - cached
             admitted += 1
 
-    def _reserve(self, blocks: int, hit: Hit) -> bool:
+    def _reserve(self, blocks: int, hit: Hit) -> Hit | None:
         """Lend ``blocks`` to a new sequence, giving up kept buffers and then cached prefixes
-        if memory is short (the ones it is about to copy last: the copy holds them even once
-        evicted)."""
+        if memory is short, the prompt's own (``hit``) last. Returns the part of ``hit`` still
+        cached (an evicted block's memory may be the new sequence's), or None when the memory
+        is not there."""
         if self.budget.take(blocks):
-            return True
+            return hit
         self.pool.drop(blocks - self.budget.free)
         if self.budget.take(blocks):
-            return True
+            return hit
         if self.prefix is None:
-            return False
+            return None
         self.prefix.evict(blocks - self.budget.free, keep=hit.keys)
         if self.budget.take(blocks):
-            return True
+            return hit
         self.prefix.evict(blocks - self.budget.free)
-        return self.budget.take(blocks)
+        return self.prefix.still_cached(hit) if self.budget.take(blocks) else None
 
     def _decode(self, batch: list[_Sequence]) -> None:
         """One token for every sequence of ``batch``, in one forward pass.

@@ -10,13 +10,17 @@ a decode step costs one small attention call per sequence and layer, and no gath
 sequence's history into a padded batch (which cost more than the model's matrix products).
 One sequence's attention never depends on what else is in the batch.
 
+All of it is allocated and written once, when the engine starts (``KVArena``), as vLLM
+preallocates its KV cache: memory fresh from the system costs a page fault for every 4 KiB first
+written, and a served engine that allocated each sequence's buffers as it came spent a fifth of
+its CPU in the kernel zeroing pages while the other core waited for it (docs/decisions.md).
 A finished sequence's buffers are kept for the next sequence of about the same size
-(``BufferPool``): memory fresh from the system costs a page fault for every 4 KiB first written,
-which for a prompt restored from the prefix cache cost more than the copy itself.
+(``BufferPool``), so a prompt that starts like the previous one finds its blocks in place.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +79,9 @@ class SequenceKV:
     all_values: torch.Tensor
     length: int = 0
     blocks: tuple[bytes, ...] = ()
+    span: tuple[int, int] | None = None
+    """The run of ``KVArena`` blocks (first, count) the buffers are; None for memory of their
+    own."""
 
     def __post_init__(self) -> None:
         self.keys = list(self.all_keys.unbind(0))
@@ -126,6 +133,76 @@ class KVLayout:
         )
 
 
+class KVArena:
+    """The KV memory of the whole budget, in one piece per keys and values, written at start.
+
+    It is handed out in runs of whole blocks: a sequence's buffers are one run (so attention
+    reads them in place, see ``SequenceKV``), a cached prefix block is a run of one. A run
+    comes from the smallest free stretch it fits in, and a freed run merges with its free
+    neighbours. Every block lent, kept or cached is counted in the ``BlockBudget`` first, so a
+    run is found whenever the budget allows, unless the free blocks lie in pieces too short:
+    then the sequence gets memory of its own (``KVLayout.allocate``), as before the arena.
+    """
+
+    def __init__(self, layout: KVLayout, blocks: int, block_size: int) -> None:
+        self.layout = layout
+        self.block_size = block_size
+        self.block_elements = layout.layers * layout.kv_heads * block_size * layout.head_dim
+        size = blocks * self.block_elements
+        # zeros, not empty: every page is written now, at start, instead of on first use.
+        self._keys = torch.zeros(size, dtype=layout.dtype, device=layout.device)
+        self._values = torch.zeros(size, dtype=layout.dtype, device=layout.device)
+        self._free: list[tuple[int, int]] = [(0, blocks)] if blocks else []  # by first block
+        self.free_blocks = blocks
+
+    def sequence(self, blocks: int) -> SequenceKV:
+        """Buffers for ``blocks`` blocks of a sequence's tokens."""
+        first = self._take(blocks)
+        if first is None:
+            return self.layout.allocate(blocks * self.block_size)
+        layout = self.layout
+        shape = (layout.layers, layout.kv_heads, blocks * self.block_size, layout.head_dim)
+        start, end = first * self.block_elements, (first + blocks) * self.block_elements
+        return SequenceKV(
+            all_keys=self._keys[start:end].view(shape),
+            all_values=self._values[start:end].view(shape),
+            span=(first, blocks),
+        )
+
+    def release(self, kv: SequenceKV) -> None:
+        """Give ``kv``'s run back (once: the buffers must not be used after)."""
+        if kv.span is None:
+            return
+        first, count = kv.span
+        kv.span = None
+        self.free_blocks += count
+        at = bisect.bisect(self._free, (first, count))
+        if at < len(self._free) and first + count == self._free[at][0]:
+            count += self._free.pop(at)[1]
+        if at and sum(self._free[at - 1]) == first:
+            first, count = self._free[at - 1][0], self._free[at - 1][1] + count
+            at -= 1
+            del self._free[at]
+        self._free.insert(at, (first, count))
+
+    def _take(self, blocks: int) -> int | None:
+        best: int | None = None
+        for index, (_, size) in enumerate(self._free):
+            if size >= blocks and (best is None or size < self._free[best][1]):
+                best = index
+                if size == blocks:
+                    break
+        if best is None:
+            return None
+        first, size = self._free[best]
+        if size == blocks:
+            del self._free[best]
+        else:
+            self._free[best] = (first + blocks, size - blocks)
+        self.free_blocks -= blocks
+        return first
+
+
 class BufferPool:
     """Buffers of finished sequences, lent again to new sequences of about the same size.
 
@@ -138,8 +215,9 @@ class BufferPool:
     SLACK = 8
     """A kept buffer of ``size`` blocks serves ``blocks`` when blocks ≤ size ≤ blocks × 9/8."""
 
-    def __init__(self, budget: BlockBudget) -> None:
+    def __init__(self, budget: BlockBudget, arena: KVArena) -> None:
         self.budget = budget
+        self.arena = arena
         self._kept: OrderedDict[int, tuple[SequenceKV, int]] = OrderedDict()  # oldest first
 
     def __len__(self) -> int:
@@ -178,7 +256,8 @@ class BufferPool:
         left; return how many blocks were given up."""
         dropped = 0
         while self._kept and dropped < blocks:
-            _, (_, size) = self._kept.popitem(last=False)
+            _, (kv, size) = self._kept.popitem(last=False)
+            self.arena.release(kv)
             self.budget.pooled -= size
             dropped += size
         return dropped

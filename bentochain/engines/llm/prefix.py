@@ -5,7 +5,8 @@ conversation's history). As in vLLM, every *full* block of a prompt is keyed by 
 tokens up to its end, so a key names one exact prefix; a new prompt takes the longest run of
 cached blocks from its start and prefills only the rest.
 
-Cached blocks live in the same fixed budget as the sequences' memory, are read-only, and are
+Cached blocks live in the same fixed budget (and ``KVArena``) as the sequences' memory, are
+read-only, and are
 evicted least recently used when a sequence needs the memory. Sequences keep their KV in buffers
 of their own (attention reads them in place, see ``kv``), so a hit copies the cached blocks into
 the new sequence's buffer, which costs far less than computing them; blocks the buffer already
@@ -22,13 +23,20 @@ from dataclasses import dataclass
 
 import torch
 
-from bentochain.engines.llm.kv import BlockBudget, BufferPool, SequenceKV, shared_blocks
+from bentochain.engines.llm.kv import BlockBudget, BufferPool, KVArena, SequenceKV, shared_blocks
 
 
 @dataclass(frozen=True)
 class CachedBlock:
-    keys: torch.Tensor  # [layers, kv_heads, block_size, head_dim]
-    values: torch.Tensor
+    memory: SequenceKV  # one block of the arena
+
+    @property
+    def keys(self) -> torch.Tensor:  # [layers, kv_heads, block_size, head_dim]
+        return self.memory.all_keys
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.memory.all_values
 
 
 @dataclass(frozen=True)
@@ -62,10 +70,15 @@ class PrefixCache:
     """Full prompt blocks by prefix key, least recently used first."""
 
     def __init__(
-        self, block_size: int, budget: BlockBudget, pool: BufferPool | None = None
+        self,
+        block_size: int,
+        budget: BlockBudget,
+        arena: KVArena,
+        pool: BufferPool | None = None,
     ) -> None:
         self.block_size = block_size
         self.budget = budget
+        self.arena = arena
         self.pool = pool
         self._blocks: OrderedDict[bytes, CachedBlock] = OrderedDict()
 
@@ -87,6 +100,16 @@ class PrefixCache:
         hit = Hit(tuple(found), tuple(keys[: len(found)]))
         self._touch(hit.keys)
         return hit
+
+    def still_cached(self, hit: Hit) -> Hit:
+        """The start of ``hit`` whose blocks are still cached (eviction takes the ends of
+        prefixes first, see ``_touch``)."""
+        count = 0
+        for key, block in zip(hit.keys, hit.blocks, strict=True):
+            if self._blocks.get(key) is not block:
+                break
+            count += 1
+        return Hit(hit.blocks[:count], hit.keys[:count])
 
     def restore(self, hit: Hit, kv: SequenceKV) -> None:
         """Put a hit's blocks at the start of a new sequence's buffers (those not there yet)."""
@@ -114,9 +137,10 @@ class PrefixCache:
             if not self.budget.free and not self._make_room(keys):
                 break
             start, end = index * self.block_size, (index + 1) * self.block_size
-            self._blocks[key] = CachedBlock(
-                kv.all_keys[:, :, start:end].clone(), kv.all_values[:, :, start:end].clone()
-            )
+            memory = self.arena.sequence(1)
+            memory.all_keys.copy_(kv.all_keys[:, :, start:end])
+            memory.all_values.copy_(kv.all_values[:, :, start:end])
+            self._blocks[key] = CachedBlock(memory)
             self.budget.cached += 1
             added += 1
         self._touch(keys)
@@ -132,7 +156,7 @@ class PrefixCache:
                 break
             if key in spared:
                 continue
-            del self._blocks[key]
+            self.arena.release(self._blocks.pop(key).memory)
             self.budget.cached -= 1
             dropped += 1
         return dropped

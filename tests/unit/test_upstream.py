@@ -137,6 +137,8 @@ class FakeReplica:
         return response
 
     async def report(self, request: web.Request) -> web.StreamResponse:
+        if self.mode == "slow-load":
+            await asyncio.sleep(30)
         return web.json_response({"load": self.load, "draining": self.draining})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
@@ -273,6 +275,25 @@ def test_a_short_request_inside_a_probes_window_is_not_taken_for_another_callers
     assert (idle.load_estimate, busy.load_estimate) == (0, 1)
     least = LeastLoad()
     assert {least.pick([idle, busy]).url for _ in range(10)} == {"idle"}
+
+
+def test_a_load_probe_that_times_out_does_not_take_the_replica_out() -> None:
+    """Only its answer to ``/load`` is slow (a busy machine): it still serves, unlike a replica
+    that refuses connections."""
+    clock = Clock()
+
+    async def scenario() -> Counter[str]:
+        async with replicas("slow-load", "ok") as (slow, ok):
+            dead = f"http://127.0.0.1:{free_port()}"
+            up = upstream(static(slow.url, ok.url, dead), clock, probe_seconds=0.5)
+            try:
+                await up.refresh(force=True)
+                await up.probe()  # the slow one times out (2 s), the dead one refuses
+                return await spread(up, 10)
+            finally:
+                await up.aclose()
+
+    assert run(scenario()) == Counter({"r0": 5, "r1": 5})
 
 
 def test_a_refused_connection_is_retried_on_another_replica_and_skipped() -> None:

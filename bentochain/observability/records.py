@@ -131,7 +131,12 @@ def _size(value: Any) -> dict[str, Any]:
 class RecordWriter:
     """Appends records to ``directory/<name>.jsonl`` from a thread of its own, rotating the
     file past ``max_bytes`` (``<name>.jsonl.1`` is the newest old one; ``backups`` are kept).
-    The thread starts with the first record."""
+    The thread starts with the first record.
+
+    A record is turned into its line by the caller (the event loop, once the answer has gone
+    out) and the thread only writes: Python work on the thread held the GIL just as the next
+    request came in, and the gateway's added latency was 0.4 ms higher with records on.
+    """
 
     _STOP = object()
 
@@ -165,8 +170,10 @@ class RecordWriter:
                         target=self._run, name="bentochain-records", daemon=True
                     )
                     self._thread.start()
+        data = redact(record.model_dump(mode="json", exclude_none=True), self.redact_paths)
+        line = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(line.encode())
         except queue.Full:
             self.metrics.dropped("queue_full")
 
@@ -185,10 +192,9 @@ class RecordWriter:
             item = self._queue.get()
             if item is self._STOP:
                 break
-            assert isinstance(item, RequestRecord | FeedbackRecord)
+            assert isinstance(item, bytes)
             try:
-                data = redact(item.model_dump(mode="json", exclude_none=True), self.redact_paths)
-                self._write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
+                self._write(item)
             except OSError as exc:
                 self._failed(exc)
             else:
@@ -206,8 +212,7 @@ class RecordWriter:
             logger.warning("quality records are being dropped: %s (counted on /metrics)", exc)
             self._warned = True
 
-    def _write(self, line: str) -> None:
-        encoded = line.encode()
+    def _write(self, encoded: bytes) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")

@@ -105,10 +105,10 @@ def test_a_slow_disk_fills_the_queue_and_the_rest_are_dropped_not_waited_for(
     stuck, release = threading.Event(), threading.Event()
     write = writer._write
 
-    def slow(line: bytes) -> None:  # the disk takes as long as the test wants
+    def slow(encoded: bytes) -> None:  # the disk takes as long as the test wants
         stuck.set()
         assert release.wait(60)
-        write(line)
+        write(encoded)
 
     writer._write = slow  # type: ignore[method-assign]
     writer.submit(request(0))

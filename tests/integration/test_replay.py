@@ -108,6 +108,7 @@ def test_replay_passes_on_the_same_server_and_fails_on_another_model(
     other = {
         **served_env,
         "BENTOCHAIN_LLM__MODEL": "demo:llama-36m",
+        "BENTOCHAIN_LLM__KV_CACHE__BLOCKS": "2048",  # allocated at start: 1.2 GB of this model
         "BENTOCHAIN_LLM__SERVED_NAME": "llama-tiny",
         "BENTOCHAIN_CHAINS__STATE_DIR": str(tmp_path / "state"),
         RECORDS_DIR: str(tmp_path / "other-records"),

@@ -56,6 +56,7 @@ from tests.support.serving import (
 pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "bentochain.cli"]
+BLOCKS = "BENTOCHAIN_LLM__KV_CACHE__BLOCKS"  # the long-stream budget of the tiny model
 
 
 @dataclass
@@ -106,12 +107,15 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     profile = root / "profile.yaml"  # the canary test edits it, as a user would
     settings = yaml.safe_load(DEFAULT_PROFILE.read_text())
     settings["llm"]["model"] = served_env["BENTOCHAIN_LLM__MODEL"]  # in the file, not the env
+    # Every replica allocates its whole KV budget at start, and the canary tests serve a model
+    # with 72 times the tiny one's KV a token: the long-stream budget would be 9.7 GB each.
+    settings["llm"]["kv_cache"]["blocks"] = 2048
     profile.write_text(yaml.safe_dump(settings))
     port = free_port()
     # A generous grace: 32 streams relayed through one gateway on a busy 2-core machine take
     # tens of seconds, and the tests check that they end whole, not how fast.
     env = {
-        **{k: v for k, v in served_env.items() if k != "BENTOCHAIN_LLM__MODEL"},
+        **{k: v for k, v in served_env.items() if k not in ("BENTOCHAIN_LLM__MODEL", BLOCKS)},
         "BENTOCHAIN_CONFIG": str(profile),
         "BENTOCHAIN_SHUTDOWN__GRACE_SECONDS": "300",
     }

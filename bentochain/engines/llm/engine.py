@@ -155,7 +155,7 @@ class LLMEngine:
         loaded.result()  # a model that cannot load fails the constructor, as a load here would
         per_token = self.kv_layout.bytes_per_token
         logger.info(
-            "KV memory: %d blocks x %d tokens = %d tokens, at most %.1f MiB (%d bytes a token)",
+            "KV memory: %d blocks x %d tokens = %d tokens, %.1f MiB allocated (%d bytes a token)",
             config.kv_blocks,
             config.block_size,
             self.kv_capacity_tokens,

@@ -23,7 +23,10 @@ QUESTION = "What is the capital of France?"
 
 
 def test_make_serve_answers_with_real_text(served_env: dict[str, str], tmp_path: Path) -> None:
-    env = {k: v for k, v in served_env.items() if k != "BENTOCHAIN_LLM__MODEL"}
+    # The default profile's model and KV budget, as `make serve` has them (the tests' long-stream
+    # budget is sized for the tiny model: 12 GB of this one, allocated at start).
+    profile = ("BENTOCHAIN_LLM__MODEL", "BENTOCHAIN_LLM__KV_CACHE__BLOCKS")
+    env = {k: v for k, v in served_env.items() if k not in profile}
     prepared = subprocess.run(
         [sys.executable, "-m", "bentochain.cli", "prepare"],
         env=env,

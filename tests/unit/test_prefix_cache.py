@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from bentochain.engines.llm.engine import EngineConfig, LLMEngine
@@ -266,3 +267,10 @@ def test_cached_blocks_and_kept_buffers_live_in_the_arena_and_leave_it_when_drop
     assert hit.count == 4 and bool((hit.blocks[3].keys == 3.0).all())
     assert cache.evict(4) == 4 and pool.drop(4) == 4
     assert arena.free_blocks == budget.free == 12
+
+
+def test_a_kv_budget_larger_than_the_memory_is_refused_with_what_to_lower() -> None:
+    layout = KVLayout(64, 64, 128, torch.float32, torch.device("cpu"))  # 4 MiB a token
+    with pytest.raises(MemoryError, match=r"lower llm\.kv_cache\.blocks") as refused:
+        KVArena(layout, 2**30, 16)  # 64 PiB: checked before anything is allocated
+    assert "llm.kv_cache.blocks = 1073741824" in str(refused.value)

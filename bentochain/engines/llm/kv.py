@@ -149,6 +149,7 @@ class KVArena:
         self.block_size = block_size
         self.block_elements = layout.layers * layout.kv_heads * block_size * layout.head_dim
         size = blocks * self.block_elements
+        _check_fits(2 * size * torch.empty(0, dtype=layout.dtype).element_size(), layout, blocks)
         # zeros, not empty: every page is written now, at start, instead of on first use.
         self._keys = torch.zeros(size, dtype=layout.dtype, device=layout.device)
         self._values = torch.zeros(size, dtype=layout.dtype, device=layout.device)
@@ -201,6 +202,24 @@ class KVArena:
             self._free[best] = (first + blocks, size - blocks)
         self.free_blocks -= blocks
         return first
+
+
+def _check_fits(needed: int, layout: KVLayout, blocks: int) -> None:
+    """Refuse a KV budget larger than the memory available now, with what to change.
+
+    On the CPU the arena's pages are written at start, and Linux would rather let that fill the
+    machine and kill the process than refuse the allocation (CUDA refuses it by itself)."""
+    if layout.device.type != "cpu":
+        return
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise MemoryError(
+            f"the LLM's KV budget needs {needed / 2**30:.1f} GiB "
+            f"(llm.kv_cache.blocks = {blocks}, {layout.bytes_per_token} bytes a token) but "
+            f"{available / 2**30:.1f} GiB of memory is available: lower llm.kv_cache.blocks"
+        )
 
 
 class BufferPool:

@@ -209,6 +209,33 @@ def test_a_failing_prefill_fails_its_request_alone(demo_dir: Path) -> None:
     assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
 
 
+def test_memory_that_cannot_be_had_fails_its_request_alone(demo_dir: Path) -> None:
+    """An allocation that raises (the arena's fallback out of memory) fails that request with a
+    500 and gives its blocks back; the engine goes on serving."""
+    engine = make_engine(demo_dir)
+    sequence = engine.arena.sequence
+    calls = 0
+
+    def broken(blocks: int) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise MemoryError("injected allocation failure")
+        return sequence(blocks)
+
+    engine.arena.sequence = broken  # type: ignore[method-assign]
+    try:
+        failed = run(engine, prompt("first", max_tokens=4))
+        after = engine.budget.used
+        fine = run(engine, prompt("second", max_tokens=4, ignore_eos=True))
+    finally:
+        engine.close()
+    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
+    assert "injected allocation failure" in failed[-1].message
+    assert after == 0
+    assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
+
+
 def test_a_failing_decode_step_fails_only_its_sequence(demo_dir: Path) -> None:
     """A forward pass that fails because of one sequence: it fails alone, the others finish
     with the tokens they would have had without it, and every KV block comes back."""

@@ -466,8 +466,9 @@ class LLMEngine:
                 hit, cached = kept, kept.count * self.config.block_size
             now = time.monotonic()
             params = job.params
-            kv, reserved = reused or (self.arena.sequence(need), need)
+            kv, reserved = reused or (None, need)
             try:
+                kv = kv or self.arena.sequence(need)
                 seq = _Sequence(
                     job=job,
                     kv=kv,
@@ -482,7 +483,8 @@ class LLMEngine:
                 with self._lock:
                     self._waiting.popleft()
                 self.budget.give_back(reserved)
-                self.arena.release(kv)
+                if kv is not None:
+                    self.arena.release(kv)
                 job.emit(Failed(status=500, code="internal_error", message=f"admission: {exc}"))
                 continue
             with self._lock:  # in one move, so that load() never misses it

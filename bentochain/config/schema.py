@@ -715,6 +715,9 @@ class RecordsSettings(Section):
     queue_size: PositiveInt = Field(
         10_000, description="records waiting for the disk; past this they are dropped, counted"
     )
+    flush_seconds: PositiveFloat = Field(
+        0.5, description="how often queued records are written: they reach the disk this late"
+    )
     redact: tuple[str, ...] = Field(
         (),
         description=(

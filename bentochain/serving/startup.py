@@ -139,6 +139,7 @@ def quality_recorder(settings: Settings) -> RecordWriter | None:
         max_bytes=records.max_bytes,
         backups=records.backups,
         queue_size=records.queue_size,
+        flush_seconds=records.flush_seconds,
         redact_paths=records.redact,
         metrics=PrometheusRecordMetrics(),
     )

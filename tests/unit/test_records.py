@@ -101,14 +101,16 @@ def test_a_slow_disk_fills_the_queue_and_the_rest_are_dropped_not_waited_for(
     tmp_path: Path,
 ) -> None:
     counts = Counts()
-    writer = RecordWriter(tmp_path, "records.1", queue_size=4, metrics=Metrics(counts))
+    writer = RecordWriter(
+        tmp_path, "records.1", queue_size=4, flush_seconds=0.01, metrics=Metrics(counts)
+    )
     stuck, release = threading.Event(), threading.Event()
     write = writer._write
 
-    def slow(encoded: bytes) -> None:  # the disk takes as long as the test wants
+    def slow(lines: list[bytes]) -> None:  # the disk takes as long as the test wants
         stuck.set()
         assert release.wait(60)
-        write(encoded)
+        write(lines)
 
     writer._write = slow  # type: ignore[method-assign]
     writer.submit(request(0))
@@ -120,6 +122,22 @@ def test_a_slow_disk_fills_the_queue_and_the_rest_are_dropped_not_waited_for(
     writer.close()
     assert counts.written == 5
     assert [r.request_id for r in read_records([tmp_path])] == [f"req-{n}" for n in range(5)]
+
+
+def test_records_reach_the_disk_while_the_writer_runs(tmp_path: Path) -> None:
+    counts = Counts()
+    writer = RecordWriter(tmp_path, "records.1", flush_seconds=0.01, metrics=Metrics(counts))
+    for n in range(3):
+        writer.submit(request(n))
+    with counts.changed:  # no close: the periodic flush writes them
+        assert counts.changed.wait_for(lambda: counts.written == 3, timeout=60)
+    assert [r.request_id for r in read_records([tmp_path])] == ["req-0", "req-1", "req-2"]
+    writer.submit(request(3))
+    with counts.changed:
+        assert counts.changed.wait_for(lambda: counts.written == 4, timeout=60)
+    assert len(list(read_records([tmp_path]))) == 4
+    writer.close()
+    assert counts.lost == {}
 
 
 def test_redaction_keeps_sizes_not_contents(tmp_path: Path) -> None:

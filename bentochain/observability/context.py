@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bentochain.observability.tracing import Export, export_spans
+from bentochain.observability.tracing import Export, drop_unexported_spans, export_spans
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_RESPONSE_HEADER = "traceresponse"
@@ -52,13 +52,16 @@ def traceresponse() -> str | None:
 class RequestContext:
     """ASGI middleware, inside BentoML's tracing one (its request span is current here).
 
-    It is built once per worker, with the worker's app: with tracing on (``export``), that is
-    where the worker's spans start to be exported."""
+    It is built once per worker, with the worker's app and before BentoML's tracing layer
+    around it: with tracing on (``export``), that is where the worker's spans start to be
+    exported; with it off, where BentoML's tracer stops recording them."""
 
     def __init__(self, app: ASGIApp, export: Export | None = None) -> None:
         self.app = app
         if export is not None:
             export_spans(export)
+        else:
+            drop_unexported_spans()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -141,6 +141,26 @@ def export_spans(export: Export) -> None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
 
 
+def drop_unexported_spans() -> None:
+    """With tracing off, BentoML's tracer drops spans instead of recording them. Once per
+    worker process, before its ASGI layers take their tracers.
+
+    BentoML's sampler records every span it does not sample (``RECORD_ONLY``), so with nothing
+    to export the ASGI layer still built and filled a server span and one span per ASGI message
+    for each request: the largest share of the gateway's Python time in a profile. A dropped
+    span keeps its trace and span ids, so ``traceresponse``, logs and records still name them.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = BentoMLContainer.tracer_provider.get()
+    if isinstance(provider, TracerProvider):
+        provider.sampler = ALWAYS_OFF
+        for handed_out in getattr(provider, "_tracers", {}).values():  # taken before this call
+            handed_out.sampler = ALWAYS_OFF
+
+
 def keep_service_names(environ: MutableMapping[str, str] = os.environ) -> None:
     """Each BentoML service reports its own ``service.name`` (Gateway, LLM...).
 

@@ -365,3 +365,15 @@ def test_every_answer_carries_its_request_id_and_trace(
         assert int(flags, 16) & 1  # sampled
         traces.add(trace_id)
     assert len(traces) == 3  # one trace per request
+
+
+def test_with_tracing_off_bentomls_spans_are_dropped_but_keep_their_ids() -> None:
+    from bentochain.observability.tracing import tracer as bentoml_tracer
+
+    before = bentoml_tracer()  # taken before the worker's app is built, as BentoML's may be
+    RequestContext(Starlette())  # no export: tracing is off
+    for tracer in (before, bentoml_tracer()):
+        with tracer.start_as_current_span("POST /v1/completions") as span:
+            assert not span.is_recording()  # nothing built or filled for nobody to read
+            context = span.get_span_context()
+            assert context.is_valid and context.trace_id and context.span_id

@@ -183,6 +183,17 @@ def offline_engine(
         gc.collect()
 
 
+def workload(tokenizer: Any, opts: Options, seed_offset: int = 0) -> list[BenchRequest]:
+    """The measured request set (``seed_offset`` 0), or one like it with other prompts."""
+    return synthetic(
+        tokenizer,
+        opts.requests,
+        prompt_tokens=opts.prompt_tokens,
+        output_tokens=opts.output_tokens,
+        seed=opts.seed + seed_offset,
+    )
+
+
 def fresh_bursts(tokenizer: Any, opts: Options) -> tuple[list[BenchRequest], list[BenchRequest]]:
     """Two more request sets like the measured one, with other prompts: one to warm a server
     (and the offline engine) up, one for the LLM service called directly.
@@ -191,17 +202,7 @@ def fresh_bursts(tokenizer: Any, opts: Options) -> tuple[list[BenchRequest], lis
     the next on this VM), and a burst of prompts seen before is faster than it should be (the
     prefix cache): saturation is measured warm, on prompts nobody has sent yet.
     """
-
-    def other(offset: int) -> list[BenchRequest]:
-        return synthetic(
-            tokenizer,
-            opts.requests,
-            prompt_tokens=opts.prompt_tokens,
-            output_tokens=opts.output_tokens,
-            seed=opts.seed + offset,
-        )
-
-    return other(1), other(2)
+    return workload(tokenizer, opts, 1), workload(tokenizer, opts, 2)
 
 
 def naive(model_dir: Path, requests: list[BenchRequest]) -> dict[str, Any]:
@@ -490,13 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    requests = synthetic(
-        tokenizer,
-        opts.requests,
-        prompt_tokens=opts.prompt_tokens,
-        output_tokens=opts.output_tokens,
-        seed=opts.seed,
-    )
+    requests = workload(tokenizer, opts)
     texts = sentences(opts.embed_texts, seed=opts.seed)
     results.figures["workload"] = {
         "requests": len(requests),

@@ -186,6 +186,21 @@ def test_a_vanishing_temperature_is_greedy_not_nan(engine: LLMEngine) -> None:
     assert text_of(tiny) == text_of(greedy)
 
 
+def fails_alone(engine: LLMEngine, failing: str, message: str) -> None:
+    """A request for ``failing`` ends with a 500 carrying ``message`` and holds no KV block
+    after; the next request runs to its end."""
+    try:
+        failed = run(engine, prompt(failing, max_tokens=4))
+        after = engine.budget.used
+        fine = run(engine, prompt("antidote", max_tokens=4, ignore_eos=True))
+    finally:
+        engine.close()
+    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
+    assert message in failed[-1].message
+    assert after == 0  # nothing leaked
+    assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
+
+
 def test_a_failing_prefill_fails_its_request_alone(demo_dir: Path) -> None:
     """The failed request gets its error event and its KV blocks back; the next one runs."""
     engine = make_engine(demo_dir)
@@ -197,16 +212,7 @@ def test_a_failing_prefill_fails_its_request_alone(demo_dir: Path) -> None:
         return forward(rows, tokens)
 
     engine.runner.forward = broken  # type: ignore[method-assign]
-    try:
-        failed = run(engine, prompt("poison", max_tokens=4))
-        after = engine.budget.used
-        fine = run(engine, prompt("antidote", max_tokens=4, ignore_eos=True))
-    finally:
-        engine.close()
-    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
-    assert "injected prefill failure" in failed[-1].message
-    assert after == 0  # nothing leaked
-    assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
+    fails_alone(engine, "poison", "injected prefill failure")
 
 
 def test_memory_that_cannot_be_had_fails_its_request_alone(demo_dir: Path) -> None:
@@ -224,16 +230,7 @@ def test_memory_that_cannot_be_had_fails_its_request_alone(demo_dir: Path) -> No
         return sequence(blocks)
 
     engine.arena.sequence = broken  # type: ignore[method-assign]
-    try:
-        failed = run(engine, prompt("first", max_tokens=4))
-        after = engine.budget.used
-        fine = run(engine, prompt("second", max_tokens=4, ignore_eos=True))
-    finally:
-        engine.close()
-    assert isinstance(failed[-1], Failed) and failed[-1].status == 500
-    assert "injected allocation failure" in failed[-1].message
-    assert after == 0
-    assert isinstance(fine[-1], Finished) and fine[-1].completion_tokens == 4
+    fails_alone(engine, "first", "injected allocation failure")
 
 
 def test_a_failing_decode_step_fails_only_its_sequence(demo_dir: Path) -> None:

@@ -149,7 +149,7 @@ class KVArena:
         self.block_size = block_size
         self.block_elements = layout.layers * layout.kv_heads * block_size * layout.head_dim
         size = blocks * self.block_elements
-        _check_fits(2 * size * torch.empty(0, dtype=layout.dtype).element_size(), layout, blocks)
+        _check_fits(layout, blocks, block_size)
         # zeros, not empty: every page is written now, at start, instead of on first use.
         self._keys = torch.zeros(size, dtype=layout.dtype, device=layout.device)
         self._values = torch.zeros(size, dtype=layout.dtype, device=layout.device)
@@ -204,7 +204,7 @@ class KVArena:
         return first
 
 
-def _check_fits(needed: int, layout: KVLayout, blocks: int) -> None:
+def _check_fits(layout: KVLayout, blocks: int, block_size: int) -> None:
     """Refuse a KV budget larger than the memory available now, with what to change.
 
     On the CPU the arena's pages are written at start, and Linux would rather let that fill the
@@ -213,6 +213,7 @@ def _check_fits(needed: int, layout: KVLayout, blocks: int) -> None:
         return
     import psutil
 
+    needed = layout.bytes_per_token * blocks * block_size
     available = psutil.virtual_memory().available
     if needed > available:
         raise MemoryError(

@@ -222,10 +222,13 @@ class RecordWriter:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("ab")
+        size = self._file.tell()  # once a batch: each tell() is a system call
         for line in lines:
-            if self._file.tell() and self._file.tell() + len(line) > self.max_bytes:
+            if size and size + len(line) > self.max_bytes:
                 self._rotate()
+                size = 0
             self._file.write(line)
+            size += len(line)
         self._file.flush()
         self._warned = False
 

@@ -130,12 +130,11 @@ class _WithoutMessageSpans(SpanExporter):
 def export_spans(export: Export) -> None:
     """Send the spans of BentoML's tracer provider to ``export.endpoint`` (OTLP/HTTP), in
     batches off the request path (``OTEL_BSP_*`` tune them). Once per worker process."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = BentoMLContainer.tracer_provider.get()
+    provider = _bentoml_provider()
     if isinstance(provider, TracerProvider):
         exporter = _WithoutMessageSpans(OTLPSpanExporter(endpoint=export.endpoint))
         provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -150,11 +149,10 @@ def drop_unexported_spans() -> None:
     for each request: the largest share of the gateway's Python time in a profile. A dropped
     span keeps its trace and span ids, so ``traceresponse``, logs and records still name them.
     """
-    from bentoml._internal.configuration.containers import BentoMLContainer
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-    provider = BentoMLContainer.tracer_provider.get()
+    provider = _bentoml_provider()
     if isinstance(provider, TracerProvider):
         provider.sampler = ALWAYS_OFF
         for handed_out in getattr(provider, "_tracers", {}).values():  # taken before this call
@@ -178,7 +176,12 @@ def keep_service_names(environ: MutableMapping[str, str] = os.environ) -> None:
 
 def tracer() -> trace.Tracer:
     """bentochain's tracer, from BentoML's provider: its spans join the request's trace."""
+    return _bentoml_provider().get_tracer("bentochain")
+
+
+def _bentoml_provider() -> trace.TracerProvider:
+    """The tracer provider BentoML made for this process (one per worker)."""
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     provider: trace.TracerProvider = BentoMLContainer.tracer_provider.get()
-    return provider.get_tracer("bentochain")
+    return provider

@@ -12,10 +12,16 @@ import re
 import uuid
 from contextvars import ContextVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bentochain.observability.tracing import Export, drop_unexported_spans, export_spans
+from bentochain.observability.tracing import (
+    Export,
+    drop_unexported_spans,
+    export_spans,
+    untraced_span,
+)
 
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_RESPONSE_HEADER = "traceresponse"
@@ -50,7 +56,9 @@ def traceresponse() -> str | None:
 
 
 class RequestContext:
-    """ASGI middleware, inside BentoML's tracing one (its request span is current here).
+    """ASGI middleware, inside BentoML's tracing one: with tracing on, its request span is
+    current here; with it off, that layer skips every request and this one makes the request's
+    span (``untraced_span``).
 
     It is built once per worker, with the worker's app and before BentoML's tracing layer
     around it: with tracing on (``export``), that is where the worker's spans start to be
@@ -73,6 +81,10 @@ class RequestContext:
         )
         current = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
         span = trace.get_current_span()
+        token = None
+        if not span.get_span_context().is_valid:  # BentoML's layer skipped it: tracing is off
+            span = untraced_span(scope["headers"])
+            token = otel_context.attach(trace.set_span_in_context(span))
         if span.is_recording():
             span.set_attribute("bentochain.request_id", current)
         headers = [(REQUEST_ID_HEADER.encode(), current.encode())]
@@ -88,4 +100,8 @@ class RequestContext:
         # Not reset when the request ends: the server runs each request in a task (and context)
         # of its own, and BentoML's access log, outside this middleware, logs the id too.
         _request_id.set(current)
-        await self.app(scope, receive, send_with_ids)
+        try:
+            await self.app(scope, receive, send_with_ids)
+        finally:
+            if token is not None:  # as BentoML's layer ends its span: no trace for the next
+                otel_context.detach(token)

@@ -5,12 +5,14 @@ BentoML 1.4 opens a server span for every request (OpenTelemetry's ASGI middlewa
 own tracer provider) and sends the trace context on to the services it calls. bentochain turns
 its exporter on (OTLP over HTTP) and adds its spans as children of that request span, with the
 same provider, so one trace holds the whole request: no second tracer beside BentoML's.
+With tracing off, BentoML's ASGI layer is told to skip every request and the request's span is
+bentochain's (``untraced_span``): ids without the cost of spans nobody exports.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +105,43 @@ def resolve(settings: TracingSettings, environ: Mapping[str, str]) -> Export | N
     return Export(endpoint or DEFAULT_ENDPOINT + TRACES_PATH, sample_rate(settings, environ))
 
 
-def bentoml_tracing(export: Export) -> dict[str, Any]:
-    """BentoML's ``tracing`` service configuration: its sampler, and no exporter of its own
-    (``export_spans`` adds ours, which leaves out the ASGI layer's per-message spans)."""
+def bentoml_tracing(export: Export | None) -> dict[str, Any]:
+    """BentoML's ``tracing`` service configuration.
+
+    On: its sampler, and no exporter of its own (``export_spans`` adds ours, which leaves out
+    the ASGI layer's per-message spans). Off: its ASGI layer skips every URL; it would open a
+    span for the request and one per ASGI message only to drop them (a tenth of the gateway's
+    Python time), and ``untraced_span`` gives the request its ids instead.
+    """
+    if export is None:
+        return {"excluded_urls": [".*"]}
     return {"sample_rate": export.sample_rate}
+
+
+def untraced_span(headers: Iterable[tuple[bytes, bytes]]) -> trace.NonRecordingSpan:
+    """The request's span when tracing is off: the caller's trace (its W3C ``traceparent``) or
+    a new one, a new span id, nothing recorded. As current span, it names the trace in
+    ``traceresponse``, logs and records, and BentoML's client sends it on to the callees."""
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in headers
+        if k in (b"traceparent", b"tracestate")
+    }
+    parent = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
+    caller = parent.get_span_context()
+    ids = RandomIdGenerator()
+    return trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=caller.trace_id if caller.is_valid else ids.generate_trace_id(),
+            span_id=ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),  # not sampled: not exported
+            trace_state=caller.trace_state,
+        )
+    )
 
 
 class _WithoutMessageSpans(SpanExporter):
@@ -145,9 +180,8 @@ def drop_unexported_spans() -> None:
     worker process, before its ASGI layers take their tracers.
 
     BentoML's sampler records every span it does not sample (``RECORD_ONLY``), so with nothing
-    to export the ASGI layer still built and filled a server span and one span per ASGI message
-    for each request: the largest share of the gateway's Python time in a profile. A dropped
-    span keeps its trace and span ids, so ``traceresponse``, logs and records still name them.
+    to export each span bentochain opens (a generation, a chain step) would still be built and
+    filled for nobody. A dropped span keeps its trace and span ids, so logs still name them.
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF

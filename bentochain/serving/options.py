@@ -58,8 +58,7 @@ def service_options(
         export = resolve(profile.observability.tracing, environ)
     except TracingConfigError as exc:
         refuse_start(f"bentochain: tracing: {exc}")
-    if export is not None:
-        options["tracing"] = bentoml_tracing(export)
+    options["tracing"] = bentoml_tracing(export)
     resources = settings.resources.model_dump(exclude_none=True)
     if resources:
         options["resources"] = resources

@@ -116,9 +116,10 @@ def test_settings_bentochain_cannot_honour_are_refused_by_name(
         resolve(TracingSettings(enabled=True), environ)
 
 
-def test_service_options_give_bentoml_the_sampler_and_nothing_when_off() -> None:
+def test_service_options_give_bentoml_the_sampler_and_no_request_spans_when_off() -> None:
     settings = load_settings(DEFAULT_PROFILE, {})
-    assert "tracing" not in service_options(settings, "LLM", environ={})
+    # Off: BentoML's ASGI layer opens no span (RequestContext gives the request its ids).
+    assert service_options(settings, "LLM", environ={})["tracing"] == {"excluded_urls": [".*"]}
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER_ARG": "0.3"}
     environ["OTEL_TRACES_SAMPLER"] = "traceidratio"
     options = service_options(settings, "LLM", environ=environ)
@@ -377,3 +378,39 @@ def test_with_tracing_off_bentomls_spans_are_dropped_but_keep_their_ids() -> Non
             assert not span.is_recording()  # nothing built or filled for nobody to read
             context = span.get_span_context()
             assert context.is_valid and context.trace_id and context.span_id
+
+
+def test_with_tracing_off_a_request_still_has_its_trace_and_passes_it_on() -> None:
+    from opentelemetry.propagate import inject
+
+    passed_on: list[dict[str, str]] = []
+
+    async def call_on(request: Request) -> PlainTextResponse:
+        headers: dict[str, str] = {}
+        inject(headers)  # what BentoML's client does for a call to another service
+        passed_on.append(headers)
+        return PlainTextResponse("ok")
+
+    app = RequestContext(Starlette(routes=[Route("/", call_on)]))  # no BentoML span around
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [
+                await client.get(
+                    "/", headers={"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+                ),
+                await client.get("/"),
+                await client.get("/", headers={"traceparent": "00-not-a-valid-header-01"}),
+            ]
+
+    continued, new, bad = asyncio.run(calls())
+    answered = [r.headers["traceresponse"].split("-") for r in (continued, new, bad)]
+    sent = [h["traceparent"].split("-") for h in passed_on]
+    assert [a[1:3] for a in answered] == [s[1:3] for s in sent]  # the callee joins that span
+    assert answered[0][1] == caller_trace and answered[0][2] != caller_span
+    assert len({a[1] for a in answered}) == 3  # a new trace for each request without a valid one
+    for version, trace_id, span_id, flags in answered:
+        assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "00")
+        assert int(trace_id, 16) and int(span_id, 16)

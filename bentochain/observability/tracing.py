@@ -19,6 +19,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from bentochain.config.schema import TracingSettings
 
@@ -32,6 +34,8 @@ _FIXED_SAMPLERS = {
 }
 _RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 ASGI_MESSAGE_ATTRIBUTE = "asgi.event.type"  # set on the ASGI layer's send/receive spans
+_W3C = TraceContextTextMapPropagator()  # both stateless: one each per process
+_IDS = RandomIdGenerator()
 
 
 class TracingConfigError(ValueError):
@@ -122,21 +126,16 @@ def untraced_span(headers: Iterable[tuple[bytes, bytes]]) -> trace.NonRecordingS
     """The request's span when tracing is off: the caller's trace (its W3C ``traceparent``) or
     a new one, a new span id, nothing recorded. As current span, it names the trace in
     ``traceresponse``, logs and records, and BentoML's client sends it on to the callees."""
-    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier = {
         k.decode("latin-1"): v.decode("latin-1")
         for k, v in headers
         if k in (b"traceparent", b"tracestate")
     }
-    parent = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
-    caller = parent.get_span_context()
-    ids = RandomIdGenerator()
+    caller = trace.get_current_span(_W3C.extract(carrier)).get_span_context()
     return trace.NonRecordingSpan(
         trace.SpanContext(
-            trace_id=caller.trace_id if caller.is_valid else ids.generate_trace_id(),
-            span_id=ids.generate_span_id(),
+            trace_id=caller.trace_id if caller.is_valid else _IDS.generate_trace_id(),
+            span_id=_IDS.generate_span_id(),
             is_remote=False,
             trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),  # not sampled: not exported
             trace_state=caller.trace_state,

@@ -9,8 +9,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 3000
 USERS  ?= 32
 DURATION ?= 60s
+SOAK_MINUTES ?= 30
 
-.PHONY: install prepare serve serve-split test lint typecheck unit integration bench loadtest dashboard clean
+.PHONY: install prepare serve serve-split test lint typecheck unit integration bench loadtest soak dashboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,8 +47,8 @@ integration: install
 test: lint typecheck
 	$(BIN)/pytest
 
-# The serving benchmark: prints its table, writes docs/bench/bench.{json,png} and the
-# generated part of docs/benchmarks.md (about 10 minutes on 2 cores).
+# The serving benchmark: prints its table, writes docs/bench/*.json and .png and the generated
+# parts of docs/benchmarks.md (about 30 minutes on 2 cores).
 bench: install
 	$(BIN)/python -m loadtest.bench
 
@@ -55,6 +56,12 @@ bench: install
 # HTML and CSV reports under loadtest/reports/.
 loadtest: install
 	$(BIN)/python -m loadtest.run --users $(USERS) --duration $(DURATION) $(if $(TARGET),--host $(TARGET))
+
+# The composed Bento of the default profile at half its saturation load for SOAK_MINUTES, each
+# process's memory sampled every minute: no failed request, no process growing 5% after the
+# 5th minute (docs/bench/soak.json and its part of docs/benchmarks.md).
+soak: prepare
+	$(BIN)/python -m loadtest.soak --minutes $(SOAK_MINUTES)
 
 # The dashboard's main panels from a real Prometheus scraping a served Bento under a short
 # load: docs/dashboard.png (needs Debian's prometheus: apt-get install prometheus).

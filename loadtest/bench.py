@@ -12,7 +12,9 @@ On one seeded synthetic workload and one model, it measures:
 - the embedder served through the gateway against offline batched encoding;
 - prefix caching on the SQL chain's real prompt (48 questions), off and on (``loadtest.prefix``);
 - the peers, one at a time on the same model and requests: ``transformers serve
-  --continuous-batching`` and Ray Serve with ``@serve.batch`` (``loadtest.peers``).
+  --continuous-batching`` and Ray Serve with ``@serve.batch`` (``loadtest.peers``);
+- on the default profile's model (SmolLM2), two LLM replicas against one on the same cores,
+  and a rollout under streaming load (``loadtest.replicas``).
 
 It prints a table with each target, writes JSON and a PNG plot under ``docs/bench/``, and
 rewrites the generated part of ``docs/benchmarks.md``. The served runs use the split topology
@@ -48,7 +50,7 @@ from bentochain.serving.engines import engine_config
 from bentochain.serving.internal import HEADER
 from bentochain.serving.startup import quiet_transformers
 from bentochain.serving.topology import SplitTopology, free_port
-from loadtest import peers, prefix, report
+from loadtest import peers, prefix, replicas, report
 from loadtest.clients import DirectClient, EngineClient, GatewayClient
 from loadtest.dataset import BenchRequest, sentences, synthetic
 from loadtest.patterns import Run, burst, closed_loop, poisson
@@ -79,6 +81,7 @@ class Options:
     )
     hf_continuous_batching: bool = True
     peers: bool = True  # transformers serve and Ray Serve side by side (loadtest.peers)
+    replicas: bool = True  # replicas and a rollout on the default model (loadtest.replicas)
     out_dir: Path = PROJECT_ROOT / "docs" / "bench"
     markdown: Path | None = PROJECT_ROOT / "docs" / "benchmarks.md"
     command: str = "make bench"
@@ -99,6 +102,7 @@ QUICK = {
     "embed_workloads": (("ingestion", 16, 4), ("queries", 1, 8)),
     "hf_continuous_batching": False,
     "peers": False,
+    "replicas": False,
 }
 
 
@@ -463,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for JSON and PNG (default docs/bench)")
     parser.add_argument("--no-markdown", action="store_true", help="leave docs/benchmarks.md")
     parser.add_argument("--no-peers", action="store_true", help="leave the peers' table out")
+    parser.add_argument(
+        "--no-replicas", action="store_true", help="leave replicas and the rollout out"
+    )
     args = parser.parse_args(argv)
 
     opts = Options(**(QUICK if args.quick else {}))  # type: ignore[arg-type]
@@ -476,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         opts.markdown = None
     if args.no_peers:
         opts.peers = False
+    if args.no_replicas:
+        opts.replicas = False
     opts.command = "python -m loadtest.bench " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -550,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(peers.table(compared)))
         if opts.markdown is not None:
             peers.write(compared, opts.command)
+    if opts.replicas:
+        log("replicas and a rollout, on the default profile's model")
+        found = replicas.run()
+        print("\n".join(replicas.table(found)))
+        if opts.markdown is not None:
+            replicas.write(found, opts.command)
     return 0
 
 

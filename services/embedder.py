@@ -8,7 +8,7 @@ from typing import Annotated
 import bentoml
 
 from bentochain.engines.encoder import EncodedText
-from bentochain.serving.batching import Batcher, model_thread
+from bentochain.serving.batching import Batcher, ModelThread
 from bentochain.serving.options import JSON, install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -23,20 +23,19 @@ class Embedder:
         from bentochain.engines.encoder import SentenceEncoder
 
         quiet_transformers()
-        thread = model_thread("embedder-model")
-        path = Path(self.model.path)
-        encoder = thread.submit(
+        thread = ModelThread("embedder-model", SETTINGS.threads)
+        encoder = thread.load(
             SentenceEncoder,
-            path,
+            Path(self.model.path),
             SETTINGS.max_seq_length,
             packed_weights=SETTINGS.packed_weights,
             keep_freed_memory=SETTINGS.keep_freed_memory,
-        ).result()
+        )
         self.batcher: Batcher[str, EncodedText] = Batcher(
-            lambda texts: EncodedText.batch(encoder.encode(texts)),
+            thread.batches(lambda texts: EncodedText.batch(encoder.encode(texts))),
             max_batch_size=SETTINGS.batching.max_batch_size,
             max_wait_seconds=SETTINGS.batching.max_latency_ms / 1000,
-            executor=thread,
+            executor=thread.executor,
         )
 
     @bentoml.api

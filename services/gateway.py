@@ -45,7 +45,7 @@ app = create_app(
 )
 @bentoml.asgi_app(app, path="/")
 class Gateway(Caller):
-    required = ("LLM",)  # ready while chat works; the other routes fail fast on their own
+    needs = "any"  # ready while some route can serve; a down service's routes fail fast
     # What `bentoml serve` starts beside the Gateway and `bentoml build` packs; calls go
     # through the upstream layer (self.calls), which balances over each one's replicas.
     llm = bentoml.depends(LLM)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import bentoml
 
-from bentochain.engines.llm.types import GenerationRequest, encode_event
+from bentochain.engines.llm.types import Failed, GenerationRequest, encode_event
 from bentochain.observability.genai import traced_generation
+from bentochain.serving.drain import REPLACED
 from bentochain.serving.options import install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -54,6 +55,22 @@ class LLM:
     def current_load(self) -> int:
         """Running + waiting sequences: what ``/load`` reports to ``least_load`` callers."""
         return self.engine.load()
+
+    def ready_now(self) -> bool:
+        return self.engine.health().alive
+
+    def drain_seconds(self) -> float | None:
+        """What the generations held now need to end at the rate measured (an ``auto``
+        grace)."""
+        return self.engine.seconds_for(self.engine.tokens_left())
+
+    def longest_generation_seconds(self) -> float | None:
+        """What a generation of ``max_tokens_limit`` tokens needs at the rate measured: the
+        grace a rollout checks a fixed one against."""
+        return self.engine.seconds_for(SETTINGS.generation.max_tokens_limit)
+
+    def cut(self, message: str) -> None:
+        self.engine.cut(Failed(status=503, code=REPLACED, message=message, retry_after=1.0))
 
 
 install_middleware(LLM, profile())

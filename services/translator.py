@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import bentoml
 
-from bentochain.serving.batching import Batcher, model_thread
+from bentochain.serving.batching import Batcher, ModelThread
 from bentochain.serving.options import JSON, install_middleware, service_options
 from bentochain.serving.startup import profile, quiet_transformers, stored_model
 
@@ -23,20 +23,20 @@ def _translator_service(name: str, lang: Literal["fr", "es"]) -> Any:
             from bentochain.engines.translator import Translator as Engine
 
             quiet_transformers()
-            thread = model_thread(f"{name.lower()}-model")
-            engine = thread.submit(
+            thread = ModelThread(f"{name.lower()}-model", settings.threads)
+            engine = thread.load(
                 Engine,
                 Path(self.model.path),
                 max_new_tokens=settings.max_new_tokens,
                 num_beams=settings.num_beams,
                 packed_weights=settings.packed_weights,
                 keep_freed_memory=settings.keep_freed_memory,
-            ).result()
+            )
             self.batcher: Batcher[str, str] = Batcher(
-                engine.translate,
+                thread.batches(engine.translate),
                 max_batch_size=settings.batching.max_batch_size,
                 max_wait_seconds=settings.batching.max_latency_ms / 1000,
-                executor=thread,
+                executor=thread.executor,
             )
 
         @bentoml.api

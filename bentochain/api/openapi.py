@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bentochain.api.registry import ModelRegistry
 from bentochain.api.schemas import ChatCompletionChunk, ErrorResponse, TextCompletionChunk
 from bentochain.config.schema import Settings
+from bentochain.serving import probes
 from bentochain.serving.readiness import Readiness
 
 ERRORS: dict[int, str] = {
@@ -95,38 +96,39 @@ def _served_beside(readiness: dict[str, Any]) -> dict[str, Any]:
     """What BentoML and the serving middleware answer next to the app."""
     ready_json = {"application/json": {"schema": readiness}}
     infra = {"tags": ["infrastructure"], "security": []}
+    alive = {"200": _text("Alive."), "503": _text("Not serving: restart it.")}
+    liveness = {
+        probes.LIVEZ: "Liveness: the process serves",
+        probes.HEALTHZ: "Liveness (BentoML's older name)",
+        probes.HEALTH: "Liveness (vLLM's name, which guidellm and routers ask)",
+    }
     return {
-        "/livez": {
-            "get": {
-                **infra,
-                "operationId": "livez",
-                "summary": "Liveness: the process answers",
-                "responses": {"200": _text("Alive."), "503": _text("Draining: shutting down.")},
+        **{
+            path: {
+                "get": {
+                    **infra,
+                    "operationId": path.strip("/"),
+                    "summary": summary,
+                    "responses": alive,
+                }
             }
+            for path, summary in liveness.items()
         },
-        "/healthz": {
-            "get": {
-                **infra,
-                "operationId": "healthz",
-                "summary": "Liveness (BentoML's older name)",
-                "responses": {"200": _text("Alive."), "503": _text("Draining: shutting down.")},
-            }
-        },
-        "/readyz": {
+        probes.READYZ: {
             "get": {
                 **infra,
                 "operationId": "readyz",
-                "summary": "Readiness, with each dependency's state",
+                "summary": "Readiness, with each dependency's state and replicas",
                 "responses": {
-                    "200": {"description": "Ready: the LLM answers.", "content": ready_json},
+                    "200": {"description": "Ready: some route can serve.", "content": ready_json},
                     "503": {
-                        "description": "Not ready (starting, draining or the LLM is down).",
+                        "description": "Not ready (starting, draining, or no route can serve).",
                         "content": {**ready_json, "text/plain": {"schema": {"type": "string"}}},
                     },
                 },
             }
         },
-        "/metrics": {
+        probes.METRICS: {
             "get": {
                 **infra,
                 "operationId": "metrics",
@@ -198,7 +200,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             _deployment_bounds(schemas, settings)
             beside = _served_beside(ref(Readiness))
             if settings.gateway.metrics_port is not None:  # served on its own port
-                del beside["/metrics"]
+                del beside[probes.METRICS]
             document["paths"].update(beside)
             if settings.gateway.auth.mode == "keys":
                 components["securitySchemes"] = {

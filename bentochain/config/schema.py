@@ -228,9 +228,18 @@ class UpstreamSettings(Discovery):
     )
     max_backoff_seconds: PositiveFloat = 30.0
     probe_seconds: PositiveFloat = Field(
-        1.0, description="how often a busy caller asks each replica for its load (/load)"
+        1.0, description="how often a caller asks each replica for its load and state (/load)"
     )
     connect_timeout: PositiveFloat = Field(5.0, description="seconds to open a connection")
+    unresponsive_seconds: PositiveFloat = Field(
+        3.0,
+        description=(
+            "a replica whose /load probe has gone unanswered this long takes no requests (a "
+            "stopped process, a stuck event loop: it accepts connections and answers nothing); "
+            "requests waiting on it for their first byte go to another replica, streams from "
+            "it end with an error event"
+        ),
+    )
     circuit_failures: PositiveInt = Field(
         5,
         description=(
@@ -256,12 +265,19 @@ class Canary(Discovery):
     weight: float = Field(gt=0, lt=100, description="percent of requests the canary serves")
 
 
+AUTO_GRACE_FALLBACK = 60.0
+"""The grace of an ``auto`` drain that has measured nothing, and of ``auto`` on Kubernetes."""
+
+
 class Shutdown(Section):
-    grace_seconds: PositiveFloat = Field(
-        60.0,
+    grace_seconds: PositiveFloat | Literal["auto"] = Field(
+        "auto",
         description=(
             "after SIGTERM, how long requests in flight (streams included) may run to their "
-            "end while new ones are refused with 503 'draining'"
+            "end while new ones are refused with 503 'draining'. 'auto': what the requests in "
+            "flight need at the rate the service measured (the LLM; the others take "
+            f"{AUTO_GRACE_FALLBACK:g}s); on Kubernetes, where the pod's grace period is "
+            f"fixed when it is rendered, 'auto' is {AUTO_GRACE_FALLBACK:g}s"
         ),
     )
 
@@ -334,6 +350,14 @@ class ModelServiceSettings(ServiceSettings):
             "ask glibc malloc to keep freed memory for reuse instead of returning it to the "
             "system, so activations do not page-fault on every step (bentochain/engines/"
             "memory.py); the process keeps its peak memory. Process-wide"
+        ),
+    )
+    threads: PositiveInt | None = Field(
+        None,
+        description=(
+            "torch threads of the model; by default the cores this process may use (CPU "
+            "affinity, cgroup quota), shared with the other model processes busy on them "
+            "(bentochain/engines/cores.py). A number here is kept as is and shares nothing"
         ),
     )
 
@@ -871,10 +895,18 @@ class Settings(BaseSettings):
             raise KeyError(f"{service} is called by nobody: it has no upstream settings")
         return entry.upstream
 
-    def grace_seconds(self, service: str) -> float:
-        """How long ``service`` lets requests in flight finish after SIGTERM."""
+    def grace_seconds(self, service: str) -> float | None:
+        """How long ``service`` lets requests in flight finish after SIGTERM; None: ``auto``
+        (the server decides from what it measured)."""
         own = self.entry(service).shutdown
-        return (own or self.shutdown).grace_seconds
+        grace = (own or self.shutdown).grace_seconds
+        return None if grace == "auto" else grace
+
+    def fixed_grace_seconds(self, service: str) -> float:
+        """``grace_seconds`` where a number must be known beforehand (a Kubernetes pod's
+        termination grace period): ``auto`` is the fallback the servers take."""
+        grace = self.grace_seconds(service)
+        return AUTO_GRACE_FALLBACK if grace is None else grace
 
     def canary(self, service: str) -> Canary | None:
         """``service``'s canary, if the profile gives it one."""

@@ -31,6 +31,7 @@ from bentochain.deploy.placement import (
     on_spot,
     spot_pool,
 )
+from bentochain.serving import probes
 from bentochain.serving.topology import (
     CANARY_CAPABLE,
     CHAIN_SERVICES,
@@ -139,7 +140,7 @@ def key(service: str) -> str:
 
 def plan(settings: Settings, service: str) -> Plan:
     entry = settings.entry(service)
-    grace = settings.grace_seconds(service)
+    grace = settings.fixed_grace_seconds(service)
     # Callers re-resolve a Service's DNS name every refresh_seconds: the pause before the drain
     # lets them drop this pod first, so fewer of their requests meet a 503 `draining`.
     refresh = 5.0 if service == "Gateway" else settings.upstream(service).refresh_seconds
@@ -183,6 +184,12 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
     )
     env: list[Object] = [
         {"name": "BENTOCHAIN_CONFIG", "value": config},
+        # The drain the pod's terminationGracePeriodSeconds is made for, whatever the profile
+        # in the image says (its 'auto' would outgrow the period and be killed mid-drain).
+        {
+            "name": env_key(service, "shutdown", "grace_seconds"),
+            "value": f"{settings.fixed_grace_seconds(service):g}",
+        },
         # Required: a pod without the token would make its own, and the calls between services
         # would fail. Missing from the Secret, the pod does not start, and says why.
         {
@@ -202,7 +209,7 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
     if track == "canary" and canary is not None:
         env.append({"name": env_key(service, "model"), "value": str(canary.model)})
     liveness = settings.entry(service).liveness
-    probe = {"httpGet": {"path": "/livez", "port": "http"}, "timeoutSeconds": 5}
+    probe = {"httpGet": {"path": probes.LIVEZ, "port": "http"}, "timeoutSeconds": 5}
     spec: Object = {
         "name": "server",
         "image": IMAGE,
@@ -224,7 +231,7 @@ def container(settings: Settings, config: str, p: Plan, track: str) -> Object:
             "failureThreshold": liveness.failure_threshold,
         },
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "http"},
+            "httpGet": {"path": probes.READYZ, "port": "http"},
             "periodSeconds": 5,
             "timeoutSeconds": 3,
             "failureThreshold": 2,
@@ -319,7 +326,7 @@ def deployment(
                 "annotations": {
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(metrics_port(settings, p.service)),
-                    "prometheus.io/path": "/metrics",
+                    "prometheus.io/path": probes.METRICS,
                 },
             },
             "spec": pod_spec(settings, config, p, track, capacity),

@@ -248,6 +248,21 @@ def _upstream_families() -> tuple[Any, Any, Any, Any]:
     return requests, in_flight, load, circuit
 
 
+@functools.cache
+def drain_cut_streams() -> Any:
+    """Streams a server ended because its drain's grace ran out (each got an error event)."""
+    import bentoml
+
+    return bentoml.metrics.Counter(
+        name="bentochain_drain_cut_streams",
+        documentation=(
+            "Streams cut because the server's shutdown grace ran out before they ended; each "
+            "got an error event telling its client to retry."
+        ),
+        labelnames=["service"],
+    )
+
+
 class PrometheusUpstreamMetrics:
     """``UpstreamMetrics`` for calls to ``service``, labelled per replica (its URL) and
     version (``stable`` or ``canary``), so the spread over replicas is visible."""

@@ -9,7 +9,7 @@ concurrency test). This batcher has no estimate. While the model runs, requests 
 free, everything queued (up to ``max_batch_size`` items) runs as one batch. Only a request that
 really waited ``max_wait_seconds`` without starting is refused.
 
-Each service's model lives on one thread of its own (``model_thread``): loaded there and run
+Each service's model lives on one thread of its own (``ModelThread``): loaded there and run
 there, never on the event loop's thread or a pool of threads. torch's CPU operators run on
 OpenMP, which keeps a team of worker threads for every thread that calls a parallel operator;
 with more of those than cores, libgomp stops spin-waiting between operators and every operator
@@ -27,20 +27,37 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from bentoml.exceptions import ServiceUnavailable
+
+from bentochain.engines.cores import CoreShare
 
 logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+P = ParamSpec("P")
 
 
-def model_thread(name: str) -> ThreadPoolExecutor:
-    """The one thread a service loads its model on and runs it on (see the module docstring):
-    ``executor.submit(load).result()``, then hand it to ``Batcher``."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+class ModelThread:
+    """The one thread a service loads its model on and runs it on (see the module docstring),
+    with the process's share of the cores (``engines.cores``): each batch takes it first and
+    gives it back after, so a neighbour's model may run while this one waits for requests."""
+
+    def __init__(self, name: str, threads: int | None = None) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.cores = CoreShare(threads)
+
+    def load(self, fn: Callable[P, Out], *args: P.args, **kwargs: P.kwargs) -> Out:
+        """``fn(*args, **kwargs)`` on the thread, waited for: build the model there."""
+        return self.executor.submit(self.cores.around(fn, wait=False), *args, **kwargs).result()
+
+    def batches(
+        self, fn: Callable[[list[In]], Sequence[Out]]
+    ) -> Callable[[list[In]], Sequence[Out]]:
+        """``fn`` as ``Batcher`` runs it on this thread: within the process's share of cores."""
+        return self.cores.around(fn)
 
 
 class BatchRefused(ServiceUnavailable):

@@ -5,23 +5,23 @@ from __future__ import annotations
 
 import bentoml
 
-from bentochain.serving.readiness import dependency_states
+from bentochain.serving.readiness import Needs, readiness
 from bentochain.serving.upstream import Upstream
 
 
 class Caller:
-    """A service base: ``__init__`` sets ``self.calls`` (``startup.dependencies``).
-    ``required`` names the dependencies it cannot serve without (default: all of them)."""
+    """A service base: ``__init__`` sets ``self.calls`` (``startup.dependencies``). ``needs``:
+    ready while ``all`` its dependencies can serve (a chain), or ``any`` of them (the Gateway,
+    whose routes fail alone)."""
 
     calls: dict[str, Upstream]
-    required: tuple[str, ...] | None = None
+    needs: Needs = "all"
 
-    def required_dependencies(self) -> tuple[str, ...]:
-        return self.required if self.required is not None else tuple(self.calls)
+    def ready_now(self) -> bool:
+        return readiness(self.calls, self.needs).ready
 
     async def __is_ready__(self) -> bool:
-        report = await dependency_states(self.calls, self.required_dependencies())
-        return report.ready
+        return self.ready_now()
 
     @bentoml.on_shutdown
     async def close_upstreams(self) -> None:

@@ -22,4 +22,5 @@ def engine_config(settings: LLMSettings) -> EngineConfig:
         step_timeout_seconds=settings.watchdog.step_timeout_seconds,
         packed_weights=settings.packed_weights,
         keep_freed_memory=settings.keep_freed_memory,
+        threads=settings.threads,
     )

@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bentochain.config.loader import INTERNAL_TOKEN_ENV
+from bentochain.serving import probes
 
 TOKEN_ENV = INTERNAL_TOKEN_ENV
 HEADER = "x-bentochain-internal"
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
 def internal_token(environ: MutableMapping[str, str] = os.environ) -> str:
@@ -46,7 +46,7 @@ class InternalOnly:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+        if scope["type"] != "http" or scope.get("path") in probes.OPEN:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope.get("headers", ()) if k == HEADER.encode()), b"")

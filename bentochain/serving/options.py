@@ -10,6 +10,7 @@ from bentoml.validators import ContentType
 
 from bentochain.config.schema import Settings
 from bentochain.observability.metrics import REQUEST_BUCKETS
+from bentochain.serving import probes
 
 JSON = ContentType("application/json")
 """Return-type metadata for an API that answers a list (``Annotated[list[X], JSON]``).
@@ -50,9 +51,7 @@ def service_options(
         "traffic": traffic,
         "runner_connection": settings.connection.model_dump(),
         "metrics": {"duration": {"buckets": list(REQUEST_BUCKETS)}},
-        "logging": {
-            "access": {"enabled": True, "skip_paths": ["/livez", "/readyz", "/metrics", "/load"]}
-        },
+        "logging": {"access": {"enabled": True, "skip_paths": sorted(probes.UNCOUNTED)}},
     }
     try:
         export = resolve(profile.observability.tracing, environ)
@@ -87,7 +86,9 @@ def install_middleware(service: Any, settings: Settings) -> Any:
     service.add_asgi_middleware(RequestContext, export=export)
     if service.name != "Gateway":  # the entry service is the one door: the others are closed
         service.add_asgi_middleware(InternalOnly, token=internal_token())
-    service.add_asgi_middleware(DrainMiddleware, grace_seconds=settings.grace_seconds(service.name))
+    service.add_asgi_middleware(
+        DrainMiddleware, grace_seconds=settings.grace_seconds(service.name), service=service.name
+    )
     if issubclass(service.inner, Caller):  # readiness per dependency, after the drain's
         service.add_asgi_middleware(ReadinessReport)
     service.add_asgi_middleware(RoutingMiddleware)

@@ -1,45 +1,37 @@
-"""Readiness of a caller, per dependency: which of them has a replica that answers its own
-``/readyz``, and whether the ones it cannot serve without do.
+"""Readiness of a caller, from what its upstream layer already knows: never by waiting on a
+replica.
 
-The Gateway is ready while the LLM is; a chain service while the services its chain calls are.
-A dependency that is down makes only its own routes fail (fast, once its circuit opens), not the
-whole caller unready. ``/readyz`` answers with each dependency's state as JSON.
+A caller is ready while it can serve: the Gateway while any of its routes can (one down model
+makes its own routes answer 503 at once, not the whole API unready, so an orchestrator keeps
+sending the rest), a chain service while every service its chain calls can. Whether a
+dependency can serve comes from its replicas' probes and passive health (``Upstream.health``),
+so ``/readyz`` answers in well under a kubelet probe's timeout even when a replica hangs, and
+its JSON lists each dependency and its replicas.
 
-BentoML's built-in check lets a connection error to a dependency that is still starting escape
-the handler; its timeout middleware then never answers that probe, and the request (and the
-worker's graceful shutdown) hangs for the whole ``traffic.timeout``. This check turns every
-failure into "not ready" instead.
+BentoML's own check of the entry service asks every dependency's ``/readyz`` and lets a
+connection error escape; its timeout middleware then holds the probe for the whole
+``traffic.timeout``. This one is a middleware in front of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bentochain.serving.upstream.circuit import State
+from bentochain.serving import probes
+from bentochain.serving.upstream.client import DependencyHealth
 
 logger = logging.getLogger(__name__)
 
-PROBE_TIMEOUT = 5.0
+Needs = Literal["any", "all"]
 
 
-async def _ready(dependency: Any, seconds: float) -> bool:
-    try:
-        return bool(await asyncio.wait_for(dependency.ready(seconds), seconds + 1))
-    except Exception as exc:
-        logger.debug("dependency not ready: %r", exc)
-        return False
-
-
-class DependencyState(BaseModel):
-    ready: bool
-    required: bool
-    circuit: State | None = None
+class DependencyState(DependencyHealth):
+    required: bool = Field(description="this caller is not ready without it")
 
 
 class Readiness(BaseModel):
@@ -47,26 +39,20 @@ class Readiness(BaseModel):
 
     ready: bool
     starting: bool = False
+    needs: Needs = Field("all", description="'any': ready while one dependency serves")
     dependencies: dict[str, DependencyState] = {}
 
 
-async def dependency_states(
-    calls: Mapping[str, Any], required: Iterable[str], seconds: float = PROBE_TIMEOUT
-) -> Readiness:
-    """Ready or not (every required dependency is), and each dependency's state."""
-    names = list(calls)
-    answers = await asyncio.gather(*(_ready(calls[n], seconds) for n in names))
-    needed = set(required)
+def readiness(calls: Mapping[str, Any], needs: Needs) -> Readiness:
+    """Ready or not, and each dependency's state, from the upstream layer's state alone (call
+    inside the event loop: the first call starts the probes)."""
     states = {
-        name: DependencyState(
-            ready=ok,
-            required=name in needed,
-            circuit=getattr(calls[name], "circuit", None) and calls[name].circuit.state,
-        )
-        for name, ok in zip(names, answers, strict=True)
+        name: DependencyState(**upstream.health().model_dump(), required=needs == "all")
+        for name, upstream in calls.items()
     }
-    ready = all(states[n].ready for n in needed if n in states)
-    return Readiness(ready=ready, dependencies=states)
+    serving = [state.serving for state in states.values()]
+    ready = (any(serving) if needs == "any" else all(serving)) if states else True
+    return Readiness(ready=ready, needs=needs, dependencies=states)
 
 
 class ReadinessReport:
@@ -76,18 +62,20 @@ class ReadinessReport:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != "/readyz" or scope["method"] != "GET":
+        if (
+            scope["type"] != "http"
+            or scope.get("path") != probes.READYZ
+            or scope["method"] != "GET"
+        ):
             await self.app(scope, receive, send)
             return
-        import bentoml
+        from bentochain.serving.drain import current_service
 
-        try:
-            instance = bentoml.get_current_service()
-            calls, required = instance.calls, instance.required_dependencies()
-        except Exception:  # not built yet: starting
+        instance = current_service()
+        if instance is None:  # not built yet: starting
             report = Readiness(ready=False, starting=True)
         else:
-            report = await dependency_states(calls, required)
+            report = readiness(instance.calls, instance.needs)
         payload = report.model_dump_json().encode()
         await send(
             {

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,10 +31,12 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bentochain.config.loader import PROJECT_ROOT, ProfileError, load_settings
-from bentochain.config.schema import ReplicaAddress, Settings, env_key
-from bentochain.serving.internal import internal_token
+from bentochain.config.schema import SERVICE_KEYS, ReplicaAddress, Settings, env_key
+from bentochain.serving import probes
+from bentochain.serving.internal import HEADER, internal_token
 from bentochain.serving.launch import launch_command
 from bentochain.serving.upstream.discovery import ReplicaFile, TrackFile
 from bentochain.serving.upstream.replicas import CANARY, STABLE
@@ -159,26 +163,57 @@ def kill_tree(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def wait_ready(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``url``/readyz until it answers 200; fail early if ``process`` dies."""
+def wait_ready(
+    url: str,
+    deadline: float,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    every_dependency: bool = True,
+) -> None:
+    """Poll ``url``/readyz until the server serves in full: 200, and for a caller, every
+    dependency serving (a gateway is ready as soon as one of its routes can serve, but a server
+    that has just started is not started until all can, unless ``every_dependency`` is False).
+    Fails early if ``process`` dies."""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{url}: the server exited with code {process.returncode}")
         with (
             contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
-            urllib.request.urlopen(f"{url}/readyz", timeout=2) as response,
+            urllib.request.urlopen(f"{url}{probes.READYZ}", timeout=2) as response,
         ):
-            if response.status == 200:
+            if response.status == 200 and (
+                not every_dependency or _every_dependency_serves(response.read())
+            ):
                 return
         time.sleep(0.5)
     raise TimeoutError(f"{url} was not ready in time")
+
+
+def _every_dependency_serves(body: bytes) -> bool:
+    try:
+        report = json.loads(body)
+    except ValueError:  # a service that calls nobody answers BentoML's plain text
+        return True
+    dependencies = report.get("dependencies", {}) if isinstance(report, dict) else {}
+    return all(state.get("serving") for state in dependencies.values())
+
+
+def load_report(url: str, token: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """A server's ``/load`` answer (its load, state and drain grace), or None without one."""
+    request = urllib.request.Request(f"{url}{probes.LOAD}", headers={HEADER: token})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            found = json.loads(response.read())
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def liveness_failure(url: str, timeout: float) -> str | None:
     """Why ``url``/livez failed as a liveness probe (an error status, or no answer within
     ``timeout``), or None when it answered 200."""
     try:
-        with urllib.request.urlopen(f"{url}/livez", timeout=timeout) as response:
+        with urllib.request.urlopen(f"{url}{probes.LIVEZ}", timeout=timeout) as response:
             return None if response.status == 200 else f"status {response.status}"
     except urllib.error.HTTPError as exc:
         return f"status {exc.code}"
@@ -386,11 +421,22 @@ class SplitTopology:
             server.retiring = True
         if server.service != "Gateway":
             self._write_replica_file(server.service)
-        stop_server(server.process, self.settings.grace_seconds(server.service) + STOP_MARGIN)
+        stop_server(server.process, self._grace(server) + STOP_MARGIN)
         self._forget(server)
         self.report(
             f"{server.service}: {server.url} ({server.track}) drained and stopped in "
             f"{time.monotonic() - started:.1f}s"
+        )
+
+    def _grace(self, server: ServerProcess) -> float:
+        """How long ``server`` will drain if stopped now, as it says (an ``auto`` grace grows
+        with the work it holds), else the profile's."""
+        report = load_report(server.url, self.internal_token)
+        grace = None if report is None else report.get("grace_seconds")
+        return (
+            float(grace)
+            if isinstance(grace, int | float)
+            else self.settings.fixed_grace_seconds(server.service)
         )
 
     def _forget(self, server: ServerProcess) -> None:
@@ -445,10 +491,11 @@ class SplitTopology:
         for stage in (("Gateway",), tuple(CHAIN_SERVICES), MODEL_SERVICES):
             with self._lock:
                 group = [s for service in stage for s in self.servers.get(service, [])]
+            graces = [self._grace(server) for server in group] if grace is None else []
             for server in group:
                 with contextlib.suppress(ProcessLookupError):
                     server.process.send_signal(signal.SIGTERM)
-            longest = max((self.settings.grace_seconds(s) for s in stage), default=0.0)
+            longest = max(graces, default=0.0)
             deadline = time.monotonic() + (longest + STOP_MARGIN if grace is None else grace)
             for server in group:
                 wait_or_kill(server.process, max(0.1, deadline - time.monotonic()))
@@ -591,6 +638,10 @@ class SplitTopology:
             if prepared.returncode != 0:
                 say(f"`bentochain prepare` failed, nothing was changed:\n{prepared.stderr}")
                 return False
+            short = [problem for service in services if (problem := self._grace_too_short(service))]
+            if short:
+                say("\n".join(["nothing was changed:", *short]))
+                return False
             for service in services:
                 self._roll(service)
             say(f"rollout of {', '.join(services)} done in {time.monotonic() - started:.1f}s")
@@ -601,6 +652,31 @@ class SplitTopology:
         finally:
             self.report = previous
             self._rolling.release()
+
+    def _grace_too_short(self, service: str) -> str | None:
+        """Why draining ``service``'s replicas could cut a stream they could have finished: a
+        fixed grace shorter than its longest allowed generation takes at the rate a replica
+        measures (a replica that has measured nothing yet says nothing)."""
+        with self._lock:
+            urls = [s.url for s in self.servers.get(service, []) if s.state == "serving"]
+        for url in urls:
+            report = load_report(url, self.internal_token) or {}
+            longest = report.get("longest_generation_seconds")
+            grace = report.get("grace_seconds")
+            if (
+                report.get("grace_fixed")
+                and isinstance(longest, int | float)
+                and isinstance(grace, int | float)
+                and longest > grace
+            ):
+                key = SERVICE_KEYS[service]
+                return (
+                    f"{service}: its shutdown grace ({grace:g}s) is shorter than the longest "
+                    f"generation it allows takes at the rate {url} measures ({longest:.0f}s): a "
+                    f"drain could cut it. Set {key}.shutdown.grace_seconds to {math.ceil(longest)} "
+                    f"or more (or to auto), or lower {key}.generation.max_tokens_limit"
+                )
+        return None
 
     def _roll(self, service: str) -> None:
         for track in (STABLE, CANARY):
@@ -630,13 +706,16 @@ def composed_server(
     env: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
     timeout: float = 300.0,
+    every_dependency: bool = True,
 ) -> Iterator[str]:
     """``bentochain serve`` (the whole Bento) on a free port, logging to ``log``: its URL.
 
     The server is stopped when the block ends; one that does not get ready within ``timeout``
     is stopped and reported with the end of its log.
     """
-    with composed_process(log, env=env, host=host, timeout=timeout) as (url, _):
+    with composed_process(
+        log, env=env, host=host, timeout=timeout, every_dependency=every_dependency
+    ) as (url, _):
         yield url
 
 
@@ -647,6 +726,7 @@ def composed_process(
     env: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
     timeout: float = 300.0,
+    every_dependency: bool = True,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``composed_server``, with its process (for tests that signal it)."""
     port = free_port(host)
@@ -655,7 +735,7 @@ def composed_process(
     url = f"http://{host}:{port}"
     try:
         try:
-            wait_ready(url, time.monotonic() + timeout, process)
+            wait_ready(url, time.monotonic() + timeout, process, every_dependency=every_dependency)
         except BaseException:
             raise RuntimeError(
                 f"the composed server did not start:\n{log.read_text()[-4000:]}"

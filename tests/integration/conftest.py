@@ -19,7 +19,7 @@ import pytest
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT
 from bentochain.serving.internal import TOKEN_ENV
-from bentochain.serving.topology import SplitTopology, composed_server, free_port
+from bentochain.serving.topology import SERVICES, SplitTopology, composed_process, free_port
 from bentochain.sql.demo import SCHEMA, build_shop
 from tests.support.otlp import Collector, otlp_collector
 from tests.support.system import postgres_server
@@ -78,6 +78,7 @@ class Server:
     log: Path
     records: Path  # the gateway's quality records
     services: dict[str, str] = field(default_factory=dict)  # split topology: each server's URL
+    roots: dict[str, int] = field(default_factory=dict)  # each service's server process
 
     @property
     def v1(self) -> str:
@@ -91,8 +92,9 @@ def composed(
     """``bentochain serve``: the whole Bento under one ``bentoml serve``."""
     folder = tmp_path_factory.mktemp("composed")
     env = {**served_env, RECORDS_DIR: str(folder / "records")}
-    with composed_server(folder / "serve.log", env=env, timeout=START_TIMEOUT) as url:
-        yield Server(url, folder / "serve.log", folder / "records")
+    with composed_process(folder / "serve.log", env=env, timeout=START_TIMEOUT) as (url, process):
+        roots = dict.fromkeys(SERVICES, process.pid)  # one arbiter runs them all
+        yield Server(url, folder / "serve.log", folder / "records", roots=roots)
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +107,8 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     topology = SplitTopology(port=port, env=env, log_dir=logs)
     topology.start(timeout=START_TIMEOUT)
     log = logs / f"Gateway-{port}.log"
-    yield Server(topology.urls["Gateway"], log, logs / "records", dict(topology.urls))
+    roots = {service: servers[0].process.pid for service, servers in topology.servers.items()}
+    yield Server(topology.urls["Gateway"], log, logs / "records", dict(topology.urls), roots)
     topology.stop()
 
 

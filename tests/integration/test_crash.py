@@ -19,20 +19,11 @@ import psutil
 import pytest
 
 from bentochain.serving.topology import SplitTopology, composed_process, free_port
-from tests.support.serving import Streamed, chat, samples, stream_chat, until
+from tests.support.serving import Streamed, chat, samples, stream_chat, until, worker
 
 pytestmark = pytest.mark.integration
 
 STREAMS = 8
-
-
-def llm_worker(root: int) -> psutil.Process:
-    """The composed Bento's LLM worker under arbiter ``root``."""
-    for child in psutil.Process(root).children(recursive=True):
-        command = child.cmdline()
-        if "_bentoml_impl.worker.service" in command and "LLM" in command:
-            return child
-    raise AssertionError("no LLM worker under the arbiter")
 
 
 def in_engine(metrics_url: str) -> float:
@@ -100,9 +91,9 @@ def test_the_composed_bento_recovers_from_a_killed_llm_worker(
 ) -> None:
     env = {**served_env, "BENTOCHAIN_OBSERVABILITY__RECORDS__DIR": str(tmp_path / "records")}
     with composed_process(tmp_path / "serve.log", env=env) as (url, process):
-        victim = llm_worker(process.pid)
+        victim = worker(process.pid, "LLM")
         records, statuses, seconds = kill_under_load(url, url, lambda: victim.send_signal(9))
-        assert llm_worker(process.pid).pid != victim.pid  # a new worker, started by the arbiter
+        assert worker(process.pid, "LLM").pid != victim.pid  # a new worker, started by the arbiter
         assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
     check(records, statuses, seconds, "composed")
 

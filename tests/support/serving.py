@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 POLL = 0.2
@@ -26,6 +27,16 @@ def until(condition: Callable[[], bool], what: str, polls: int = 1500) -> None:
             return
         time.sleep(POLL)
     raise AssertionError(f"{what}: not within {polls} polls")
+
+
+def worker(root: int, service: str) -> psutil.Process:
+    """The process that serves ``service`` under the server process ``root`` (BentoML's
+    worker: in the composed Bento each service has its own, in the split topology the one)."""
+    for child in psutil.Process(root).children(recursive=True):
+        command = child.cmdline()
+        if "_bentoml_impl.worker.service" in command and service in command:
+            return child
+    raise AssertionError(f"no {service} worker under process {root}")
 
 
 def samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:

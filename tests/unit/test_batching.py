@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bentochain.serving.batching import Batcher, BatchRefused, model_thread
+from bentochain.serving.batching import Batcher, BatchRefused, ModelThread
 
 
 class Model:
@@ -159,9 +159,9 @@ def test_a_refusal_is_a_503() -> None:
 
 
 def test_every_batch_runs_on_the_model_thread_it_was_loaded_on() -> None:
-    """One thread owns the model (see ``model_thread``), however many batches run."""
-    thread = model_thread("test-model")
-    loaded_on = thread.submit(threading.get_ident).result()
+    """One thread owns the model (see ``ModelThread``), however many batches run."""
+    thread = ModelThread("test-model")
+    loaded_on = thread.load(threading.get_ident)
     ran_on: set[int] = set()
 
     def model(texts: list[str]) -> list[str]:
@@ -170,7 +170,7 @@ def test_every_batch_runs_on_the_model_thread_it_was_loaded_on() -> None:
 
     async def scenario() -> None:
         batcher: Batcher[str, str] = Batcher(
-            model, max_batch_size=2, max_wait_seconds=60, executor=thread
+            thread.batches(model), max_batch_size=2, max_wait_seconds=60, executor=thread.executor
         )
         answers = await asyncio.gather(*(batcher([f"t{i}"]) for i in range(8)))
         assert answers == [[f"T{i}"] for i in range(8)]
@@ -178,6 +178,7 @@ def test_every_batch_runs_on_the_model_thread_it_was_loaded_on() -> None:
     try:
         run(scenario)
     finally:
-        thread.shutdown()
+        thread.executor.shutdown()
+        thread.cores.close()
     assert ran_on == {loaded_on}
     assert loaded_on != threading.get_ident()

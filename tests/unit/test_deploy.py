@@ -148,10 +148,12 @@ def test_pods_run_the_split_command_with_probes_and_a_drain_that_fits(
             assert server["livenessProbe"]["httpGet"]["path"] == "/livez"
             assert server["startupProbe"]["httpGet"]["path"] == "/livez"
             prestop = server["lifecycle"]["preStop"]["sleep"]["seconds"]
-            grace = settings.grace_seconds(service)
+            grace = settings.fixed_grace_seconds(service)
             assert pod["terminationGracePeriodSeconds"] > prestop + grace
             assert {"secretRef": {"name": settings.deploy.kubernetes.secret}} in server["envFrom"]
             env = {e["name"]: e["value"] for e in server["env"] if "value" in e}
+            # The pod drains within its grace period, even where the profile says auto.
+            assert float(env[env_key(service, "shutdown", "grace_seconds")]) == grace
             assert not any("KEY" in name and value for name, value in env.items())
             # The internal token comes from the Secret, and a pod without it does not start.
             (token,) = [e for e in server["env"] if e["name"] == "BENTOCHAIN_INTERNAL_TOKEN"]

@@ -7,13 +7,15 @@ is started by calling ``begin`` (what the signal handler does), so every step ca
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from bentochain.serving.drain import DrainMiddleware
+from bentochain.config.schema import AUTO_GRACE_FALLBACK
+from bentochain.serving.drain import AUTO_GRACE_FACTOR, AUTO_GRACE_MARGIN, DrainMiddleware
 from bentochain.serving.shutdown import depths, stages
 from bentochain.serving.upstream import routing
 from bentochain.serving.upstream.client import DRAINING_HEADER, LAST_RESORT_HEADER
@@ -68,7 +70,14 @@ def test_a_draining_server_refuses_new_work_finishes_what_it_has_then_exits() ->
         return seen
 
     seen = asyncio.run(scenario())
-    assert seen["load"] == {"load": 1, "in_flight": 1, "draining": False}
+    assert seen["load"] | {"grace_seconds": None} == {
+        "load": 1,
+        "in_flight": 1,
+        "draining": False,
+        "ready": False,  # no service built: not ready
+        "grace_seconds": None,
+        "grace_fixed": True,
+    }
     status, headers, body = seen["refused"]
     assert status == 503
     assert headers[DRAINING_HEADER] == "1"
@@ -79,7 +88,8 @@ def test_a_draining_server_refuses_new_work_finishes_what_it_has_then_exits() ->
     assert seen["live"] == 200  # alive: an orchestrator must not kill it for draining
     assert seen["exited_early"] is False  # the slow request was still in flight
     assert seen["slow"] == "done"  # and it ran to its end
-    assert seen["load_after"] == {"load": 0, "in_flight": 0, "draining": True}
+    assert (seen["load_after"]["in_flight"], seen["load_after"]["draining"]) == (0, True)
+    assert seen["load_after"]["grace_seconds"] == 30
 
 
 def test_past_the_grace_requests_in_flight_are_cancelled() -> None:
@@ -100,14 +110,130 @@ def test_past_the_grace_requests_in_flight_are_cancelled() -> None:
     assert asyncio.run(scenario()) == (True, True)
 
 
+class StreamingApp:
+    """``/stream`` sends one SSE event, then waits for ``release``; ``/slow`` answers nothing
+    until then."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/stream":
+            headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        self.entered.set()
+        await self.release.wait()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def test_past_the_grace_a_stream_ends_with_an_error_event_and_is_counted() -> None:
+    async def scenario() -> tuple[str, tuple[int, dict[str, Any]], list[int]]:
+        inner = StreamingApp()
+        cuts: list[int] = []
+        app = DrainMiddleware(inner, grace_seconds=0.2)
+        app.drain.on_cut = cuts.append
+        exited = asyncio.Event()
+        app.drain.exit = exited.set
+        async with client(app) as http:
+            stream = asyncio.create_task(http.get("/stream"))
+            await inner.entered.wait()
+            inner.entered.clear()
+            waiting = asyncio.create_task(http.get("/slow", headers={LAST_RESORT_HEADER: "1"}))
+            await inner.entered.wait()
+            app.drain.begin()
+            await asyncio.wait_for(exited.wait(), 10)
+            streamed, refused = await stream, await waiting
+        return streamed.text, (refused.status_code, refused.json()), cuts
+
+    text, (status, body), cuts = asyncio.run(scenario())
+    assert text.startswith("data: 1\n\nevent: error\ndata: ")
+    event = json.loads(text.split("data: ", 2)[2])
+    assert event["error"]["code"] == "server_replaced"
+    assert "replaced" in event["message"] and "retry" in event["message"]
+    assert status == 503 and body["error"]["code"] == "server_replaced"
+    assert cuts == [1]  # the stream; the request that had no answer yet is not a stream
+
+
+class Generating:
+    """What the LLM tells its drain: what its work needs, and a cut that ends it."""
+
+    def __init__(self, needs: float | None) -> None:
+        self.needs = needs
+        self.cut_with: str | None = None
+        self.app: StreamingApp | None = None
+
+    def drain_seconds(self) -> float | None:
+        return self.needs
+
+    def longest_generation_seconds(self) -> float | None:
+        return None if self.needs is None else 10 * self.needs
+
+    def cut(self, message: str) -> None:
+        self.cut_with = message
+        assert self.app is not None
+        self.app.release.set()  # each generation ends with its error event, as the engine's
+
+
+def test_an_auto_grace_is_what_the_work_in_flight_needs_at_the_rate_measured() -> None:
+    measured, unmeasured = Generating(4.0), Generating(None)
+    app = DrainMiddleware(SlowApp(), grace_seconds=None)
+    app.drain.service = lambda: measured
+    assert app.drain.bound() == 4.0 * AUTO_GRACE_FACTOR + AUTO_GRACE_MARGIN
+    app.drain.service = lambda: unmeasured
+    assert app.drain.bound() == AUTO_GRACE_FALLBACK
+    fixed = DrainMiddleware(SlowApp(), grace_seconds=30)
+    fixed.drain.service = lambda: measured
+    assert fixed.drain.bound() == 30
+
+
+def test_past_the_grace_a_service_that_can_cut_its_own_work_does() -> None:
+    async def scenario() -> tuple[str | None, str]:
+        inner = StreamingApp()
+        llm = Generating(0.0)
+        llm.app = inner
+        app = DrainMiddleware(inner, grace_seconds=0.2)
+        app.drain.service = lambda: llm
+        exited = asyncio.Event()
+        app.drain.exit = exited.set
+        async with client(app) as http:
+            stream = asyncio.create_task(http.get("/stream"))
+            await inner.entered.wait()
+            app.drain.begin()
+            await asyncio.wait_for(exited.wait(), 10)
+            return llm.cut_with, (await stream).text
+
+    message, text = asyncio.run(scenario())
+    assert message is not None and "0s ran out" in message
+    assert text == "data: 1\n\ndata: [DONE]\n\n"  # it ended by itself: nothing added
+
+
+def test_health_is_liveness_under_vllms_name() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    async def scenario() -> str:
+        async with client(DrainMiddleware(app, grace_seconds=1)) as http:
+            return (await http.get("/health")).text
+
+    assert asyncio.run(scenario()) == "/livez"
+
+
 def test_load_is_what_the_service_reports_else_its_requests_in_flight() -> None:
+    class Busy:
+        def current_load(self) -> int:
+            return 5  # the LLM reports running + waiting sequences
+
     async def scenario() -> dict[str, Any]:
         app = DrainMiddleware(SlowApp(), grace_seconds=1)
-        app.drain.load = lambda: 5  # the LLM reports running + waiting sequences
+        app.drain.service = Busy
         async with client(app) as http:
             return dict((await http.get("/load")).json())
 
-    assert asyncio.run(scenario()) == {"load": 5, "in_flight": 0, "draining": False}
+    report = asyncio.run(scenario())
+    assert (report["load"], report["in_flight"], report["draining"]) == (5, 0, False)
 
 
 def test_a_request_keeps_the_versions_it_was_pinned_to_and_reports_those_it_used() -> None:

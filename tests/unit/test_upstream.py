@@ -64,6 +64,7 @@ class FakeReplica:
         self.load = 0
         self.draining = False
         self.hold = asyncio.Event()  # a stream waits on it after its first chunk
+        self.answer_load = asyncio.Event()  # "slow-load": /load waits on it
         self.disconnected = asyncio.Event()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -106,7 +107,7 @@ class FakeReplica:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
-        if self.mode == "hang":
+        if self.mode in ("hang", "stopped"):
             await asyncio.sleep(30)
         self.served += 1
         return web.Response(
@@ -127,6 +128,7 @@ class FakeReplica:
                 if i == 0 and self.mode == "hold":
                     await self.hold.wait()
                 if i == 0 and self.mode == "break":
+                    await self.hold.wait()  # until the caller has the first chunk
                     assert request.transport is not None
                     request.transport.close()
                     return response
@@ -137,9 +139,9 @@ class FakeReplica:
         return response
 
     async def report(self, request: web.Request) -> web.StreamResponse:
-        if self.mode == "slow-load":
-            await asyncio.sleep(30)
-        return web.json_response({"load": self.load, "draining": self.draining})
+        if self.mode in ("slow-load", "stopped"):
+            await self.answer_load.wait()
+        return web.json_response({"load": self.load, "draining": self.draining, "ready": True})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=503 if self.draining else 200)
@@ -249,10 +251,10 @@ def test_least_load_follows_what_replicas_report() -> None:
             try:
                 await up.refresh(force=True)
                 a.load = 7  # busy with another caller's work: least_connections cannot see it
-                await up.probe()
+                await up.probe(wait=5)
                 busy = await spread(up, 6)
                 a.load = 0
-                await up.probe()
+                await up.probe(wait=5)
                 return busy, await spread(up, 10)
             finally:
                 await up.aclose()
@@ -267,33 +269,119 @@ def test_a_short_request_inside_a_probes_window_is_not_taken_for_another_callers
     read as someone else's, it made an idle replica tie with a busy one (2 of 20 requests went
     to the busy replica in a CI run)."""
     idle, busy = Replica("idle"), Replica("busy")
-    sent = idle.probe_sent(), busy.probe_sent()
+    sent = idle.probe_sent(0.0), busy.probe_sent(0.0)
     idle.started()  # ours: counted by the replica as it measured, over before its answer
     idle.ended()
-    idle.probed(1, False, sent[0])
-    busy.probed(1, False, sent[1])  # another caller's stream
+    idle.probed(1, False, sent[0], 0.1)
+    busy.probed(1, False, sent[1], 0.1)  # another caller's stream
     assert (idle.load_estimate, busy.load_estimate) == (0, 1)
     least = LeastLoad()
     assert {least.pick([idle, busy]).url for _ in range(10)} == {"idle"}
 
 
-def test_a_load_probe_that_times_out_does_not_take_the_replica_out() -> None:
-    """Only its answer to ``/load`` is slow (a busy machine): it still serves, unlike a replica
-    that refuses connections."""
+def test_a_replica_that_stops_answering_its_probe_is_skipped_until_it_answers() -> None:
+    """A stopped process accepts connections and answers nothing: once its probe has waited
+    ``unresponsive_seconds``, requests go to the others; it is back with its first answer."""
     clock = Clock()
 
-    async def scenario() -> Counter[str]:
-        async with replicas("slow-load", "ok") as (slow, ok):
-            dead = f"http://127.0.0.1:{free_port()}"
-            up = upstream(static(slow.url, ok.url, dead), clock, probe_seconds=0.5)
+    async def scenario() -> tuple[Counter[str], Counter[str], list[str], Counter[str]]:
+        async with replicas("slow-load", "ok") as (silent, ok):
+            up = upstream(static(silent.url, ok.url), clock, unresponsive_seconds=3)
             try:
                 await up.refresh(force=True)
-                await up.probe()  # the slow one times out (2 s), the dead one refuses
-                return await spread(up, 10)
+                await up.probe(wait=0.5)  # ok answers; silent does not
+                clock.now += 1  # asked 1 s ago: slow, not yet silent
+                early = await spread(up, 4)
+                clock.now += 3
+                skipped = await spread(up, 10)
+                states = [r.state for r in up.health().replicas]
+                silent.answer_load.set()
+                await up.probe(wait=5)
+                return early, skipped, states, await spread(up, 4)
             finally:
                 await up.aclose()
 
-    assert run(scenario()) == Counter({"r0": 5, "r1": 5})
+    early, skipped, states, after = run(scenario())
+    assert early == Counter({"r0": 2, "r1": 2})
+    assert skipped == Counter({"r1": 10})
+    assert states == ["unresponsive", "healthy"]
+    assert after == Counter({"r0": 2, "r1": 2})
+
+
+def test_a_request_waiting_on_a_replica_that_stops_answering_goes_to_another() -> None:
+    async def scenario() -> tuple[str, float]:
+        async with replicas("hang", "ok") as (hung, ok):
+            hung.mode, ok.mode = "hang", "ok"
+            hung_first = upstream(
+                static(hung.url, ok.url),
+                strategy="round_robin",
+                probe_seconds=0.1,
+                unresponsive_seconds=0.5,
+            )
+            try:
+                await hung_first.refresh(force=True)
+                await hung_first.probe(wait=2)
+                hung.mode = "stopped"  # from now nothing answers, as after a SIGSTOP
+                started = time.monotonic()
+                answer = await hung_first.call("echo", text="x")
+                return str(answer), time.monotonic() - started
+            finally:
+                hung.answer_load.set()
+                await hung_first.aclose()
+
+    answer, took = run(scenario())
+    assert answer == "r1:x"
+    assert took < 20  # not the 30 s the hung replica would have held it
+
+
+def test_a_stream_from_a_replica_that_stops_answering_ends_instead_of_hanging() -> None:
+    async def scenario() -> tuple[list[str], UpstreamError]:
+        async with replicas("hold") as (replica,):
+            up = upstream(static(replica.url), probe_seconds=0.1, unresponsive_seconds=0.5)
+            chunks: list[str] = []
+            try:
+                stream = up.stream("chunks", idle_timeout=60, count=3)
+                chunks.append(await anext(stream))
+                replica.mode = "stopped"  # the stream and the probes go silent
+
+                async def rest() -> None:
+                    async for chunk in stream:
+                        chunks.append(chunk)
+
+                with pytest.raises(UpstreamError) as stopped:
+                    await rest()
+                return chunks, stopped.value
+            finally:
+                replica.answer_load.set()
+                replica.hold.set()
+                await up.aclose()
+
+    chunks, error = run(scenario())
+    assert chunks == ["r00;"]
+    assert error.status == 503 and "stopped answering" in error.message
+
+
+def test_a_service_with_no_replica_that_answers_fails_at_once_naming_it() -> None:
+    clock = Clock()
+
+    async def scenario() -> UpstreamError:
+        async with replicas("slow-load") as (silent,):
+            up = upstream(static(silent.url), clock, unresponsive_seconds=3)
+            try:
+                await up.refresh(force=True)
+                await up.probe(wait=0.5)
+                clock.now += 4
+                with pytest.raises(UpstreamError) as caught:
+                    await up.call("echo", text="x")
+                assert silent.served == 0
+                return caught.value
+            finally:
+                silent.answer_load.set()
+                await up.aclose()
+
+    error = run(scenario())
+    assert error.status == 503 and error.retry_after is not None
+    assert "Echo has no healthy replica" in error.message and "unresponsive" in error.message
 
 
 def test_a_refused_connection_is_retried_on_another_replica_and_skipped() -> None:
@@ -398,7 +486,10 @@ def test_a_stream_that_started_is_never_replayed() -> None:
             chunks: list[str] = []
 
             async def read() -> None:
-                async for chunk in up.stream("chunks", idle_timeout=5, count=3):
+                stream = up.stream("chunks", idle_timeout=5, count=3)
+                chunks.append(await anext(stream))
+                breaking.hold.set()
+                async for chunk in stream:
                     chunks.append(chunk)
 
             try:
@@ -536,19 +627,34 @@ def test_dns_names_resolve_to_one_replica_per_address() -> None:
     assert run(dns("name.invalid", 3000)()) is None  # unresolvable: keep what is known
 
 
-def test_readiness_is_any_replica_ready() -> None:
-    async def scenario() -> tuple[bool, bool]:
+def test_health_is_known_from_the_probes_without_asking_anyone() -> None:
+    async def scenario() -> tuple[bool, list[str], bool, list[str]]:
         async with replicas("ok", "ok") as (a, b):
             up = upstream(static(a.url, b.url))
             try:
+                await up.refresh(force=True)
+                await up.probe(wait=5)
                 a.draining = True
-                one = await up.ready(2)
+                await up.probe(wait=5)
+                one = up.health()
                 b.draining = True
-                return one, await up.ready(2)
+                await up.probe(wait=5)
+                none = up.health()
+                return (
+                    one.serving,
+                    [r.state for r in one.replicas],
+                    none.serving,
+                    [r.state for r in none.replicas],
+                )
             finally:
                 await up.aclose()
 
-    assert run(scenario()) == (True, False)
+    assert run(scenario()) == (
+        True,
+        ["draining", "healthy"],
+        False,
+        ["draining", "draining"],
+    )
 
 
 def test_servers_keep_idle_connections_longer_than_callers_reuse_them() -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from bentochain.engines.cores import CoreShare
 from bentochain.engines.llm.kv import (
     BlockBudget,
     BufferPool,
@@ -63,6 +64,8 @@ from bentochain.engines.packing import pack_if_possible
 logger = logging.getLogger(__name__)
 
 EventOut = Started | Delta | Finished | Failed
+STEP_SMOOTHING = 0.1
+"""Weight of the newest step in the engine's running mean of step times."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class EngineConfig:
     """On the CPU, run linear layers on weights packed for oneDNN (see ``engines.packing``)."""
     keep_freed_memory: bool = True
     """Have this process's ``malloc`` keep freed memory for reuse (see ``engines.memory``)."""
+    threads: int | None = None
+    """torch threads of the engine; None shares the cores with busy neighbours (``cores``)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ class LLMEngine:
         self._running: list[_Sequence] = []
         self._closed = False
         self._step_started: float | None = None
+        self._step_seconds: float | None = None  # decode steps' recent mean: a token per stream
+        self._cut: Failed | None = None
         loaded: Future[None] = Future()
         self._thread = threading.Thread(
             target=self._run, args=(model_dir, loaded), name="llm-engine", daemon=True
@@ -222,6 +229,27 @@ class LLMEngine:
         if started is not None and (ran := time.monotonic() - started) > limit:
             return Health(False, f"one engine step has run for {ran:.0f}s (limit {limit:g}s)")
         return Health(True)
+
+    def seconds_for(self, tokens: int) -> float | None:
+        """How long a sequence takes to generate ``tokens`` at the rate measured lately (one
+        token per decode step, at the batch the engine runs now); None before any step."""
+        step = self._step_seconds
+        return None if step is None else tokens * step
+
+    def tokens_left(self) -> int:
+        """The most tokens any request held now may still generate (its ``max_tokens`` less
+        what it has): how far a drain may have to wait."""
+        with self._lock:
+            running = [(s.job.params.max_tokens or 0) - s.generated for s in self._running]
+            waiting = [j.params.max_tokens or 0 for j in self._waiting]
+        return max([0, *running, *waiting])
+
+    def cut(self, failure: Failed) -> None:
+        """End every request held now, and any that comes, with ``failure`` (a drain's grace
+        ran out): each stream gets it as its last event instead of a dropped connection."""
+        with self._lock:
+            self._cut = failure
+            self._lock.notify()
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -357,25 +385,33 @@ class LLMEngine:
     # -- engine side (its own thread) -------------------------------------------------------
 
     def _run(self, model_dir: Path, loaded: Future[None]) -> None:
+        self.cores = CoreShare(self.config.threads)
         try:
-            self._load(model_dir)
-        except BaseException as exc:  # handed to the constructor, which raises it
-            loaded.set_exception(exc)
-            return
-        loaded.set_result(None)
-        try:
-            self._loop()
-        finally:  # closed, or the thread dies: nobody is left waiting for an answer
-            self._abandon()
+            try:
+                self.cores.working(wait=False)  # loading is work, too long to hold tokens
+                self._load(model_dir)
+            except BaseException as exc:  # handed to the constructor, which raises it
+                loaded.set_exception(exc)
+                return
+            loaded.set_result(None)
+            try:
+                self._loop()
+            finally:  # closed, or the thread dies: nobody is left waiting for an answer
+                self._abandon()
+        finally:
+            self.cores.close()
 
     def _loop(self) -> None:
         while True:
             with self._lock:
+                if not (self._closed or self._waiting or self._running):
+                    self.cores.paused()  # nothing to compute: the cores are free for others
                 while not self._closed and not self._waiting and not self._running:
                     self._lock.wait()
                 if self._closed:
                     return
-            self._step_started = time.monotonic()
+            self.cores.working()
+            self._step_started = started = time.monotonic()
             try:
                 self._step()
             except Exception as exc:  # a failed step fails its sequences, not the engine
@@ -385,27 +421,37 @@ class LLMEngine:
                 self._running = []
             finally:
                 self._step_started = None
+            if self._running:
+                took = time.monotonic() - started
+                mean = self._step_seconds
+                self._step_seconds = took if mean is None else mean + STEP_SMOOTHING * (took - mean)
 
     def _abandon(self) -> None:
         """Every request still here ends with a 503: the engine will not serve it."""
-        stopped = Failed(
-            status=503,
-            code="engine_stopped",
-            message="the model's engine stopped; retry on another replica",
-            retry_after=1.0,
+        self._end_all(
+            Failed(
+                status=503,
+                code="engine_stopped",
+                message="the model's engine stopped; retry on another replica",
+                retry_after=1.0,
+            )
         )
-        with self._lock:
-            waiting, self._waiting = list(self._waiting), deque()
-        for seq in self._running:
-            self._finish(seq, stopped)
-        self._running = []
-        for job in waiting:
-            job.emit(stopped)
         if not self._closed:
             logger.critical("the engine thread stopped: this server is no longer live")
 
+    def _end_all(self, failure: Failed) -> None:
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), deque()
+        for seq in self._running:
+            self._finish(seq, failure)
+        self._running = []
+        for job in waiting:
+            job.emit(failure)
+
     def _step(self) -> None:
         now = time.monotonic()
+        if self._cut is not None:
+            self._end_all(self._cut)
         for seq in self._running:
             if seq.job.cancelled:
                 self._finish(seq, None)

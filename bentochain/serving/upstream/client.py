@@ -21,20 +21,22 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
+from pydantic import BaseModel, Field
 
 from bentochain.config.schema import Connection, UpstreamSettings
 from bentochain.observability import context
+from bentochain.serving import probes
 from bentochain.serving.internal import HEADER, internal_token
 from bentochain.serving.upstream import routing
 from bentochain.serving.upstream.balancing import STRATEGIES, Balancer, SmoothWeighted
-from bentochain.serving.upstream.circuit import Circuit
-from bentochain.serving.upstream.discovery import Discovery, Membership
+from bentochain.serving.upstream.circuit import Circuit, State
+from bentochain.serving.upstream.discovery import Discovery, FileDiscovery, Membership
 from bentochain.serving.upstream.replicas import Replica
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ logger = logging.getLogger(__name__)
 PICKLE = "application/vnd.bentoml+pickle"
 DRAINING_HEADER = "x-bentochain-draining"
 LAST_RESORT_HEADER = "x-bentochain-last-resort"
-ACTIVE_SECONDS = 30.0  # a caller probes its replicas' load only while it sends them requests
+PROBE_TIMEOUT = 30.0
+"""How long a probe may wait for its answer. A replica is unresponsive long before (after
+``unresponsive_seconds``); until its probe answers, no other probe is sent to it."""
 # How long an idle connection may be reused. The services of a composed Bento are started by
 # ``bentoml serve`` with uvicorn's default keep-alive of 5 s (only the entry service takes
 # ``--timeout-keep-alive``), while aiohttp reuses an idle connection for 15 s: a request sent
@@ -101,6 +105,14 @@ class _NoMetrics:
         pass
 
 
+@dataclass(eq=False)
+class _Flow:
+    """A stream being read, and when its last chunk came."""
+
+    response: aiohttp.ClientResponse
+    last: float
+
+
 @dataclass
 class _Opened:
     replica: Replica
@@ -109,8 +121,13 @@ class _Opened:
     endpoint: Any
 
 
+class Unresponsive(Exception):
+    """The replica stopped answering (its probe is unanswered) before this request's answer."""
+
+
 # Failures before any byte of the answer: the request can go to another replica.
 _NO_ANSWER: tuple[tuple[type[BaseException], str], ...] = (
+    (Unresponsive, "unresponsive"),
     (aiohttp.ConnectionTimeoutError, "connect_error"),
     (aiohttp.ClientConnectorError, "connect_error"),
     (aiohttp.ServerDisconnectedError, "disconnected"),
@@ -190,7 +207,9 @@ class Upstream:
         self._retired: dict[str, Replica] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
-        self._last_used = float("-inf")
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._streams: dict[str, set[_Flow]] = {}
+        self._cheap_discovery = isinstance(discovery, FileDiscovery)
 
     # -- membership ---------------------------------------------------------------------
 
@@ -234,42 +253,71 @@ class Upstream:
             await self.refresh(force=True)
 
     async def _maintain(self) -> None:
-        """Re-read discovery every ``refresh_seconds``; while busy, probe each replica's load."""
+        """Re-read discovery every ``refresh_seconds``; probe each replica every
+        ``probe_seconds``, and end what waits on one that stopped answering."""
         settings = self.settings
         while True:
-            await asyncio.sleep(min(settings.refresh_seconds, settings.probe_seconds))
             try:
                 if self.clock() - self._last_refresh >= settings.refresh_seconds:
                     await self.refresh()
-                if self.clock() - self._last_used < ACTIVE_SECONDS:
-                    await self.probe()
+                await self.probe()
+                self._drop_unresponsive()
                 await self._close_retired()
             except Exception:  # never let upkeep die: the next round tries again
                 logger.exception("%s: replica upkeep failed", self.name)
+            await asyncio.sleep(min(settings.refresh_seconds, settings.probe_seconds))
 
-    async def probe(self) -> None:
-        """Ask every replica for its load now (upkeep does it every ``probe_seconds``)."""
-        await asyncio.gather(*(self._probe(r) for r in self.replicas))
+    async def probe(self, wait: float = 0.0) -> None:
+        """Ask every replica for its load and state, and wait up to ``wait`` seconds for the
+        answers. One probe at a time per replica: one that does not answer is not asked again
+        until it does."""
+        probing = []
+        for replica in self.replicas:
+            running = self._probes.get(replica.url)
+            if running is None or running.done():
+                running = asyncio.get_running_loop().create_task(
+                    self._probe(replica), context=contextvars.Context()
+                )
+                self._probes[replica.url] = running
+            probing.append(running)
+        if wait and probing:
+            await asyncio.wait(probing, timeout=wait)
 
     async def _probe(self, replica: Replica) -> None:
         session = await _session(self._client(replica.url))
-        timeout = aiohttp.ClientTimeout(total=max(2.0, self.settings.probe_seconds * 2))
-        sent = replica.probe_sent()
+        timeout = aiohttp.ClientTimeout(
+            total=PROBE_TIMEOUT, sock_connect=self.settings.connect_timeout
+        )
+        sent = replica.probe_sent(self.clock())
         try:
-            async with session.get("/load", timeout=timeout, headers=self._internal) as response:
+            async with session.get(
+                probes.LOAD, timeout=timeout, headers=self._internal
+            ) as response:
                 report = await response.json() if response.ok else None
         except TimeoutError:
-            # Slow, not gone: a busy machine can hold a tiny answer for seconds, and skipping
-            # an idle replica for it sent a request to a busy one (a CI run). Requests have
-            # timeouts of their own, which do skip a replica that stopped answering.
-            report = None
+            return  # still unanswered: the next round asks again
         except (aiohttp.ClientError, ValueError):
-            report = None
+            replica.answered(self.clock())  # refused or reset: gone, not silent
             self._failed(replica)
+            return
         if isinstance(report, dict):
             load = float(report.get("load", 0))
-            replica.probed(load, bool(report.get("draining", False)), sent)
+            ready = bool(report.get("ready", True))
+            replica.probed(load, bool(report.get("draining", False)), sent, self.clock(), ready)
             self.metrics.load(replica.url, replica.track, replica.others_load)
+        else:
+            replica.answered(self.clock())
+
+    def _drop_unresponsive(self) -> None:
+        """A stream from a replica that stopped answering, and silent as long, ends now with an
+        error event instead of hanging until its idle timeout (a replica that still streams
+        is slow, not stopped)."""
+        now, after = self.clock(), self.settings.unresponsive_seconds
+        for replica in self.replicas:
+            if replica.unresponsive(now, after):
+                for flow in list(self._streams.get(replica.url, ())):
+                    if now - flow.last > after:
+                        flow.response.close()
 
     async def _close_retired(self) -> None:
         for url, replica in list(self._retired.items()):
@@ -280,6 +328,9 @@ class Upstream:
                     await client._session_manager.close()
 
     async def aclose(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        self._probes.clear()
         if self._maintainer is not None:
             self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -320,18 +371,33 @@ class Upstream:
         return self._track_choice.choose(weighted, lambda t: self.weights.get(t, 1.0), str)
 
     def _pick(self, track: str | None, tried: set[str]) -> Replica | None:
-        """An available replica of ``track``, else of another track; else the least bad one."""
-        now = self.clock()
+        """An available replica of ``track``, else of another track; else the least bad one
+        that may still answer (draining, or backing off after a failure): never one that is
+        unready or stopped answering."""
+        now, after = self.clock(), self.settings.unresponsive_seconds
         order = sorted(self.tracks, key=lambda t: t != track)
         pools = [(t, [r for r in self.tracks[t] if r.url not in tried]) for t in order]
         for name, pool in pools:
-            available = [r for r in pool if r.available(now)]
+            available = [r for r in pool if r.available(now, after)]
             if available:
                 return self._balancers[name].pick(available)
         for _, pool in pools:
-            if pool:
-                return min(pool, key=lambda r: (r.draining, r.skip_until))
+            answering = [r for r in pool if r.ready and not r.unresponsive(now, after)]
+            if answering:
+                return min(answering, key=lambda r: (r.draining, r.skip_until))
         return None
+
+    def _none_healthy(self) -> UpstreamError:
+        """Every replica is known not to answer: fail now, naming them, instead of waiting."""
+        now, after = self.clock(), self.settings.unresponsive_seconds
+        states = ", ".join(f"{r.url} {r.state(now, after)}" for r in self.replicas)
+        return UpstreamError(
+            self.name,
+            503,
+            f"{self.name} has no healthy replica ({states or 'none known'}); retry shortly",
+            code="unavailable",
+            retry_after=max(1.0, self.settings.probe_seconds),
+        )
 
     # -- sending ------------------------------------------------------------------------
 
@@ -371,7 +437,8 @@ class Upstream:
         self, api: str, kwargs: Mapping[str, Any], limits: aiohttp.ClientTimeout
     ) -> _Opened:
         await self._start()
-        self._last_used = self.clock()
+        if self._cheap_discovery:  # a file's stat: a replica leaves rotation at once
+            await self.refresh()
         track = self._track()
         tried: set[str] = set()
         failure: UpstreamError | None = None
@@ -386,6 +453,8 @@ class Upstream:
                 # Every other replica failed: one that drains still serves as a last resort.
                 replica, drained = drained, None
             if replica is None:
+                if not tried:
+                    failure = self._none_healthy()
                 break
             tried.add(replica.url)
             opened, failure = await self._attempt(replica, api, kwargs, limits)
@@ -426,8 +495,9 @@ class Upstream:
             request_headers: CIMultiDict[str] = CIMultiDict(headers)
             body = client._build_payload(endpoint, (), dict(kwargs), request_headers)
             session = await _session(client)
-            response = await session.post(
-                endpoint.route, data=body, headers=request_headers, timeout=limits
+            response = await self._first_answer(
+                replica,
+                session.post(endpoint.route, data=body, headers=request_headers, timeout=limits),
             )
         except BaseException as exc:
             outcome = _no_answer(exc)
@@ -438,6 +508,14 @@ class Upstream:
             self._ended(replica, outcome)
             self._failed(replica)
             logger.warning("%s: %s failed (%s): %r", self.name, replica.url, outcome, exc)
+            if outcome == "unresponsive":
+                return None, UpstreamError(
+                    self.name,
+                    503,
+                    f"{replica.url} stopped answering",
+                    code="unavailable",
+                    retry_after=1.0,
+                )
             if outcome == "timeout":
                 return None, UpstreamError(
                     self.name, 504, f"{replica.url} did not answer in time", code="timeout"
@@ -473,6 +551,26 @@ class Upstream:
         routing.merge(response.headers.get(routing.VERSION_HEADER))  # what the callee used
         routing.record(self.name, replica.track)
         return _Opened(replica, response, client, endpoint), None
+
+    async def _first_answer(
+        self, replica: Replica, request: Awaitable[aiohttp.ClientResponse]
+    ) -> aiohttp.ClientResponse:
+        """The response's status and headers; ``Unresponsive`` when the replica stops
+        answering its probes first (the request goes to another replica: no byte came back)."""
+        sending = asyncio.ensure_future(request)
+        after = self.settings.unresponsive_seconds
+        try:
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=self.settings.probe_seconds)
+                if done:
+                    return sending.result()
+                if replica.unresponsive(self.clock(), after):
+                    raise Unresponsive(f"{replica.url}: no answer to its probe for {after:g}s")
+        finally:
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(BaseException):
+                    await sending
 
     def _ended(self, replica: Replica, outcome: str) -> None:
         replica.ended()
@@ -514,8 +612,12 @@ class Upstream:
         opened = await self._open(api, kwargs, timeout)
         decoder = codecs.getincrementaldecoder("utf-8")()
         outcome = "cancelled"
+        streams = self._streams.setdefault(opened.replica.url, set())
+        flow = _Flow(opened.response, self.clock())
+        streams.add(flow)
         try:
             async for chunk in opened.response.content.iter_any():
+                flow.last = self.clock()
                 text = decoder.decode(chunk)
                 if text:
                     yield text
@@ -527,6 +629,7 @@ class Upstream:
             outcome = "broken"
             raise self._broken(opened.replica, exc) from exc
         finally:
+            streams.discard(flow)
             if outcome == "ok":
                 opened.response.release()
             else:
@@ -534,6 +637,16 @@ class Upstream:
             self._ended(opened.replica, outcome)
 
     def _broken(self, replica: Replica, exc: BaseException) -> UpstreamError:
+        after = self.settings.unresponsive_seconds
+        if replica.unresponsive(self.clock(), after):
+            return UpstreamError(
+                self.name,
+                503,
+                f"{replica.url} stopped answering mid-answer (no answer to its probe for "
+                f"{after:g}s); retry the request",
+                code="unavailable",
+                retry_after=1.0,
+            )
         if isinstance(exc, TimeoutError):
             return UpstreamError(
                 self.name, 504, f"{replica.url} went silent mid-answer", code="timeout"
@@ -545,20 +658,39 @@ class Upstream:
             code="broken",
         )
 
-    async def ready(self, seconds: float = 5.0) -> bool:
-        """Whether some replica answers its ``/readyz``."""
-        await self._start()
-        if not self.replicas:
-            await self.refresh(force=True)
+    def health(self) -> DependencyHealth:
+        """Whether a request can go to some replica, from what the probes and the requests
+        taught so far: no waiting on any replica (upkeep starts on the first call)."""
+        if self._maintainer is None:
+            self._maintainer = asyncio.get_running_loop().create_task(
+                self._maintain(), context=contextvars.Context()
+            )
+        now, after = self.clock(), self.settings.unresponsive_seconds
+        replicas = [
+            ReplicaHealth(
+                url=r.url,
+                version=r.track,
+                state=r.state(now, after),
+                load=r.load_estimate,
+                heard_seconds_ago=None if r.heard is None else round(now - r.heard, 3),
+            )
+            for r in self.replicas
+        ]
+        serving = any(r.state == "healthy" for r in replicas) and self.circuit.state != "open"
+        return DependencyHealth(serving=serving, circuit=self.circuit.state, replicas=replicas)
 
-        async def one(replica: Replica) -> bool:
-            try:
-                session = await _session(self._client(replica.url))
-                async with session.get(
-                    "/readyz", timeout=aiohttp.ClientTimeout(total=seconds)
-                ) as response:
-                    return bool(response.status == 200)
-            except (aiohttp.ClientError, TimeoutError):
-                return False
 
-        return any(await asyncio.gather(*(one(r) for r in self.replicas)))
+class ReplicaHealth(BaseModel):
+    url: str
+    version: str
+    state: str = Field(
+        description="healthy, unknown (not probed yet), failing, draining, not_ready, unresponsive"
+    )
+    load: float
+    heard_seconds_ago: float | None
+
+
+class DependencyHealth(BaseModel):
+    serving: bool = Field(description="some replica is healthy and the circuit is not open")
+    circuit: State
+    replicas: list[ReplicaHealth]

@@ -1,9 +1,11 @@
 """What a caller knows about each replica of a dependency: in flight, health, reported load.
 
-Health is passive: a replica that refused a connection, timed out before answering, or said it
-is draining is skipped for a backoff that doubles with each failure in a row, and comes back on
-its first success (or a ``/load`` probe that answers). Nothing here does I/O, so the rules are
-tested as plain data.
+Health is passive, plus a probe: a replica that refused a connection, timed out before
+answering, or said it is draining is skipped for a backoff that doubles with each failure in a
+row, and comes back on its first success (or a ``/load`` probe that answers). The probe also
+says whether it is ready, and one that has gone unanswered for ``unresponsive_seconds`` marks a
+replica that accepts connections but no longer answers (a stopped process, a stuck event loop).
+Nothing here does I/O, so the rules are tested as plain data.
 """
 
 from __future__ import annotations
@@ -28,10 +30,34 @@ class Replica:
     draining: bool = False
     others_load: float = 0.0  # the last reported load, less this caller's share of it
     started_total: int = 0  # every request this caller sent here, for a probe's window
+    ready: bool = True  # as its last probe said
+    heard: float | None = None  # when its last probe answered
+    asked: float | None = None  # when the probe still unanswered was sent
 
-    def available(self, now: float) -> bool:
-        """Whether a new request may go here (not failing, not draining)."""
-        return not self.draining and now >= self.skip_until
+    def available(self, now: float, unresponsive_after: float = float("inf")) -> bool:
+        """Whether a new request may go here (not failing, draining, unready or silent)."""
+        return (
+            not self.draining
+            and now >= self.skip_until
+            and self.ready
+            and not self.unresponsive(now, unresponsive_after)
+        )
+
+    def unresponsive(self, now: float, after: float) -> bool:
+        """A probe has waited more than ``after`` seconds for its answer."""
+        return self.asked is not None and now - self.asked > after
+
+    def state(self, now: float, unresponsive_after: float) -> str:
+        """One word for ``/readyz``: what keeps it from taking requests, else ``healthy``."""
+        if self.unresponsive(now, unresponsive_after):
+            return "unresponsive"
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return "not_ready"
+        if now < self.skip_until:
+            return "failing"
+        return "healthy" if self.heard is not None else "unknown"
 
     @property
     def load_estimate(self) -> float:
@@ -60,11 +86,15 @@ class Replica:
         self.failures = 0
         self.skip_until = 0.0
 
-    def probe_sent(self) -> ProbeSent:
+    def probe_sent(self, now: float) -> ProbeSent:
         """What to remember as a ``/load`` probe leaves, for ``probed``."""
+        if self.asked is None:
+            self.asked = now
         return ProbeSent(self.in_flight, self.started_total)
 
-    def probed(self, load: float, draining: bool, sent: ProbeSent) -> None:
+    def probed(
+        self, load: float, draining: bool, sent: ProbeSent, now: float, ready: bool = True
+    ) -> None:
         """What a ``/load`` probe found: its load, and whether it drains.
 
         The replica counted this caller's requests at one moment between the probe's send and
@@ -76,8 +106,15 @@ class Replica:
         ours = sent.in_flight + (self.started_total - sent.started_total)
         self.others_load = max(0.0, load - ours)
         self.draining = draining
+        self.ready = ready
+        self.answered(now)
         if not draining:
             self.succeeded()
+
+    def answered(self, now: float) -> None:
+        """A probe came back (with a load report or an error status): it answers."""
+        self.heard = now
+        self.asked = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,105 @@
+"""Locust users of the soak run (``loadtest.soak``): streamed chat, embeddings and both chains.
+
+Each user sends at most ``SOAK_RATE_PER_USER`` requests a second (locust's
+``constant_throughput``); without it, back to back (how the soak finds the saturation rate).
+A request fails on any status but 200, on a stream's error event or missing ``[DONE]``, and on a
+chain answer without its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Any
+
+from locust import HttpUser, constant, constant_throughput, task
+
+from loadtest.locustfile import MODELS, PROMPTS, SENTENCES
+
+MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
+RATE = float(os.environ.get("SOAK_RATE_PER_USER", "0"))
+SQL_QUESTIONS = [
+    "How many customers are there?",
+    "How many products are there?",
+    "What is the average price of a product?",
+    "How many orders are there?",
+]
+RAG_QUESTIONS = [
+    "How long do I have to return an item?",
+    "How much does shipping cost?",
+    "What does the warranty cover?",
+    "When is the shop open?",
+]
+
+
+def _pace() -> Any:
+    return constant_throughput(RATE) if RATE > 0 else constant(0)
+
+
+class SoakChat(HttpUser):
+    weight = 4
+    wait_time = _pace()
+
+    @task
+    def chat_stream(self) -> None:
+        body = {
+            "model": MODELS["chat"],
+            "messages": [{"role": "user", "content": random.choice(PROMPTS)}],
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+        }
+        with self.client.post(
+            "/v1/chat/completions",
+            json=body,
+            name="chat (stream)",
+            stream=True,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+                return
+            for line in response.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    return
+                if "error" in json.loads(data):
+                    response.failure(data[:300])
+                    return
+            response.failure("stream ended without [DONE]")
+
+
+class SoakEmbeddings(HttpUser):
+    weight = 3
+    wait_time = _pace()
+
+    @task
+    def embed(self) -> None:
+        texts = random.sample(SENTENCES, k=random.randint(1, len(SENTENCES)))
+        body = {"model": MODELS["embedding"], "input": texts}
+        self.client.post("/v1/embeddings", json=body, name="embeddings")
+
+
+class SoakChains(HttpUser):
+    weight = 2
+    wait_time = _pace()
+
+    def _invoke(self, chain: str, question: str) -> None:
+        body = {"input": {"question": question}}
+        with self.client.post(
+            f"/chains/{chain}/invoke", json=body, name=f"chain {chain}", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+            elif not response.json().get("output", {}).get("answer"):
+                response.failure(f"no answer: {response.text[:200]}")
+
+    @task
+    def sql(self) -> None:
+        self._invoke("sql", random.choice(SQL_QUESTIONS))
+
+    @task
+    def rag(self) -> None:
+        self._invoke("rag", random.choice(RAG_QUESTIONS))

@@ -139,11 +139,14 @@ def split(served_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
 
 
 @contextlib.contextmanager
-def gateway_with(split: Split, log_dir: Path, **llm: str) -> Iterator[str]:
-    """An extra Gateway over the same servers, with ``llm`` as its LLM upstream settings."""
+def gateway_with(
+    split: Split, log_dir: Path, llms: list[str] | None = None, **llm: str
+) -> Iterator[str]:
+    """An extra Gateway over the same servers (or the LLM replicas ``llms``), with ``llm`` as
+    its LLM upstream settings."""
     env = caller_env(split.env, split_state_dir(split.env, split.port))
     env[env_key("LLM", "upstream", "file")] = ""
-    replicas = [{"url": s["url"]} for s in split.serving("LLM")]
+    replicas = [{"url": url} for url in llms or [s["url"] for s in split.serving("LLM")]]
     env[env_key("LLM", "upstream", "replicas")] = json.dumps(replicas)
     for key, value in llm.items():
         env[env_key("LLM", "upstream", key)] = value
@@ -317,6 +320,38 @@ def test_sigterm_drains_a_replica_and_every_stream_ends_whole(split: Split) -> N
     assert during == [200] * 10  # and new requests went to the other replica
     until(lambda: gone(split, victim["url"]), "the drained replica exits")
     until(split.llm_replicas_ready, "the supervisor replaces it")
+
+
+def test_a_stream_cut_by_the_end_of_a_grace_says_so_and_is_counted(
+    split: Split, tmp_path: Path
+) -> None:
+    """A replica with a one-second grace, SIGTERMed under a long stream: the stream ends with an
+    SSE error event saying the server was replaced and to retry, not a dropped connection."""
+    env = caller_env(split.env, split_state_dir(split.env, split.port))
+    env[env_key("LLM", "shutdown", "grace_seconds")] = "1"
+    port = free_port()
+    log = tmp_path / "llm.log"
+    process = spawn(server_command("LLM", "127.0.0.1", port, {}), env, log)
+    llm = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(llm, time.monotonic() + 300, process)
+        with gateway_with(split, tmp_path, llms=[llm]) as gateway:
+
+            async def scenario() -> Streamed:
+                async with httpx.AsyncClient(timeout=600) as http:
+                    record = Streamed()
+                    task = asyncio.create_task(stream_chat(http, gateway, "cut", 30_000, record))
+                    await record.first.wait()
+                    process.send_signal(signal.SIGTERM)
+                    return await task
+
+            record = asyncio.run(scenario())
+    finally:
+        stop_server(process)
+    assert record.status == 200 and record.chunks > 0 and not record.done
+    assert record.error is not None and "was replaced before it finished" in record.error
+    assert "retry" in record.error
+    assert "cutting 1 request(s), 1 of them streams" in log.read_text()
 
 
 def test_a_killed_replica_costs_only_its_own_requests(split: Split) -> None:

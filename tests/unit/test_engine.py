@@ -608,3 +608,30 @@ def test_an_unknown_dtype_is_refused_with_its_name() -> None:
         resolve_dtype("int8", torch.device("cpu"))
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_a_cut_ends_every_generation_with_its_failure_and_the_time_it_needs_is_known(
+    demo_dir: Path,
+) -> None:
+    """A drain whose grace ran out cuts the engine's work: each stream gets the failure as its
+    last event. Before that, the engine can say how long what it holds needs."""
+    engine = make_engine(demo_dir)
+    cut = Failed(status=503, code="server_replaced", message="replaced; retry")
+
+    async def scenario() -> tuple[list[Event], int, float | None, list[Event]]:
+        stream = engine.stream(prompt("long", max_tokens=100_000, ignore_eos=True))
+        events = [await anext(stream) for _ in range(5)]  # started, tokens of a few steps
+        left, needed = engine.tokens_left(), engine.seconds_for(engine.tokens_left())
+        engine.cut(cut)
+        events += [event async for event in stream]
+        return events, left, needed, await collect(engine, prompt("after"))
+
+    try:
+        events, left, needed, after = asyncio.run(scenario())
+    finally:
+        engine.close()
+    assert isinstance(events[-1], Failed) and events[-1].code == "server_replaced"
+    assert not any(isinstance(e, Finished) for e in events)
+    assert 99_000 < left < 100_000
+    assert needed is not None and needed > 0  # steps were measured: a rate is known
+    assert after[-1] == cut  # what comes after the cut is cut too

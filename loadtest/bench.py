@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +49,7 @@ from bentochain.models.store import prepare
 from bentochain.serving.engines import engine_config
 from bentochain.serving.internal import HEADER
 from bentochain.serving.startup import quiet_transformers
-from bentochain.serving.topology import SplitTopology, free_port
+from bentochain.serving.topology import SplitTopology, split_topology
 from loadtest import peers, prefix, replicas, report
 from loadtest.clients import DirectClient, EngineClient, GatewayClient
 from loadtest.dataset import BenchRequest, sentences, synthetic
@@ -287,16 +287,6 @@ def offline_embeddings(settings: Settings, model_dir: Path, texts: list[str]) ->
 # -- served -------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def served(env: dict[str, str], log_dir: Path) -> Iterator[SplitTopology]:
-    topology = SplitTopology(port=free_port(), env=env, log_dir=log_dir)
-    topology.start(timeout=600)
-    try:
-        yield topology
-    finally:
-        topology.stop()
-
-
 async def _overhead(
     gateway: str, llm: str, model: str, samples: int, internal_token: str
 ) -> dict[str, Any]:
@@ -528,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-logs-") as logs:
         log("starting the split topology (one server per service)")
-        with served(env, Path(logs)) as topology:
+        with split_topology(env, Path(logs), timeout=600) as topology:
             asyncio.run(
                 served_runs(
                     topology,

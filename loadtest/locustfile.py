@@ -92,42 +92,41 @@ class ChatUser(HttpUser):
     @task(3)
     def chat_stream(self) -> None:
         started = time.perf_counter()
-        first: float | None = None
-        tokens = 0
-        done = False
-        with self.client.post(
-            "/v1/chat/completions",
-            json=self._body(True),
-            name="chat (stream)",
-            stream=True,
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
-                return
-            for line in response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data: "):
-                    continue
-                data = line.removeprefix("data: ")
-                if data == "[DONE]":
-                    done = True
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    response.failure(event["error"]["message"])
-                    return
-                if first is None and any(c["delta"].get("content") for c in event["choices"]):
-                    first = time.perf_counter()
-                if event.get("usage"):
-                    tokens = event["usage"]["completion_tokens"]
-            if not done:
-                response.failure("stream ended without [DONE]")
-                return
+        first, tokens = stream_chat(self, self._body(True))
         end = time.perf_counter()
         if first is not None:
             _fire(self, "TTFT (ms)", (first - started) * 1000)
             if tokens > 1 and end > first:
                 _fire(self, "tokens/s per stream", tokens / (end - started), tokens)
+
+
+def stream_chat(user: HttpUser, body: dict[str, Any]) -> tuple[float | None, int]:
+    """Send a streamed chat and read it to ``[DONE]``, failing the request on a status but 200,
+    an error event or a missing ``[DONE]``: when its first token came, and its tokens."""
+    first: float | None = None
+    tokens = 0
+    with user.client.post(
+        "/v1/chat/completions", json=body, name="chat (stream)", stream=True, catch_response=True
+    ) as response:
+        if response.status_code != 200:
+            response.failure(f"{response.status_code}: {response.text[:200]}")
+            return None, 0
+        for line in response.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data: "):
+                continue
+            data = line.removeprefix("data: ")
+            if data == "[DONE]":
+                return first, tokens
+            event = json.loads(data)
+            if "error" in event:
+                response.failure(event["error"]["message"])
+                return None, 0
+            if first is None and any(c["delta"].get("content") for c in event["choices"]):
+                first = time.perf_counter()
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+        response.failure("stream ended without [DONE]")
+        return None, 0
 
 
 class CompletionUser(HttpUser):

@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bentochain.config.loader import DEFAULT_PROFILE, PROJECT_ROOT, load_settings
-from bentochain.serving.topology import SplitTopology, free_port
+from bentochain.serving.topology import SplitTopology, split_topology
 from loadtest.report import Target, target_rows, write_generated
 
 QUESTIONS = (
@@ -145,18 +143,6 @@ def _env(model: str | None) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def split(env: dict[str, str], replicas: int, log_dir: Path) -> Iterator[SplitTopology]:
-    topology = SplitTopology(
-        port=free_port(), env=env, log_dir=log_dir, replicas={("LLM", "stable"): replicas}
-    )
-    topology.start(timeout=900)
-    try:
-        yield topology
-    finally:
-        topology.stop()
-
-
 async def _steady(
     topology: SplitTopology, model: str, users: int, tokens: int, seconds: float
 ) -> dict[str, Any]:
@@ -183,7 +169,8 @@ def measure_replicas(
     found: dict[str, Any] = {}
     for count in (1, 2):
         log(f"replicas: LLM={count}, {users} streaming users for {seconds:.0f}s")
-        with split(env, count, logs / f"llm{count}") as topology:
+        replicas = {("LLM", "stable"): count}
+        with split_topology(env, logs / f"llm{count}", replicas=replicas, timeout=900) as topology:
             found[f"llm{count}"] = asyncio.run(_steady(topology, model, users, tokens, seconds))
         log(f"  {found[f'llm{count}']['output_tokens_per_s']:.1f} output tok/s")
     found["ratio"] = found["llm2"]["output_tokens_per_s"] / found["llm1"]["output_tokens_per_s"]
@@ -242,7 +229,8 @@ def measure_rollout(
     logs: Path,
 ) -> dict[str, Any]:
     log(f"rollout: LLM=2, {users} streaming users, bentochain rollout LLM")
-    with split(env, 2, logs / "rollout") as topology:
+    replicas = {("LLM", "stable"): 2}
+    with split_topology(env, logs / "rollout", replicas=replicas, timeout=900) as topology:
         found = asyncio.run(_rollout(topology, model, users, tokens, steady, after))
     log(
         f"  {found['streams']} streams, {found['cut']} cut, {found['duration_s']:.0f}s; tok/s "

@@ -8,16 +8,14 @@ chain answer without its output.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from typing import Any
 
 from locust import HttpUser, constant, constant_throughput, task
 
-from loadtest.locustfile import MODELS, PROMPTS, SENTENCES
+from loadtest.locustfile import MAX_TOKENS, MODELS, PROMPTS, SENTENCES, stream_chat
 
-MAX_TOKENS = int(os.environ.get("LOADTEST_MAX_TOKENS", "32"))
 RATE = float(os.environ.get("SOAK_RATE_PER_USER", "0"))
 SQL_QUESTIONS = [
     "How many customers are there?",
@@ -49,26 +47,7 @@ class SoakChat(HttpUser):
             "max_tokens": MAX_TOKENS,
             "stream": True,
         }
-        with self.client.post(
-            "/v1/chat/completions",
-            json=body,
-            name="chat (stream)",
-            stream=True,
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
-                response.failure(f"{response.status_code}: {response.text[:200]}")
-                return
-            for line in response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data: "):
-                    continue
-                data = line.removeprefix("data: ")
-                if data == "[DONE]":
-                    return
-                if "error" in json.loads(data):
-                    response.failure(data[:300])
-                    return
-            response.failure("stream ended without [DONE]")
+        stream_chat(self, body)
 
 
 class SoakEmbeddings(HttpUser):

@@ -700,6 +700,24 @@ class SplitTopology:
 
 
 @contextlib.contextmanager
+def split_topology(
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    replicas: Mapping[tuple[str, str], int] | None = None,
+    timeout: float = READY_TIMEOUT,
+) -> Iterator[SplitTopology]:
+    """``bentochain serve-split`` in this process, on a free port, logging under ``log_dir``;
+    stopped when the block ends."""
+    topology = SplitTopology(port=free_port(), env=env, log_dir=log_dir, replicas=replicas or {})
+    topology.start(timeout=timeout)
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@contextlib.contextmanager
 def composed_server(
     log: Path,
     *,

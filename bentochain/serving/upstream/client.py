@@ -245,12 +245,19 @@ class Upstream:
         self.tracks = tracks
 
     async def _start(self) -> None:
-        if self._maintainer is None:
-            # Its own context: it must not hold on to the request that happened to start it.
-            self._maintainer = asyncio.get_running_loop().create_task(
-                self._maintain(), context=contextvars.Context()
-            )
+        """Before the first request: upkeep running, the replicas known."""
+        if self._upkeep():
             await self.refresh(force=True)
+
+    def _upkeep(self) -> bool:
+        """Start upkeep unless it runs; whether it was started now."""
+        if self._maintainer is not None:
+            return False
+        # Its own context: it must not hold on to the request that happened to start it.
+        self._maintainer = asyncio.get_running_loop().create_task(
+            self._maintain(), context=contextvars.Context()
+        )
+        return True
 
     async def _maintain(self) -> None:
         """Re-read discovery every ``refresh_seconds``; probe each replica every
@@ -661,10 +668,7 @@ class Upstream:
     def health(self) -> DependencyHealth:
         """Whether a request can go to some replica, from what the probes and the requests
         taught so far: no waiting on any replica (upkeep starts on the first call)."""
-        if self._maintainer is None:
-            self._maintainer = asyncio.get_running_loop().create_task(
-                self._maintain(), context=contextvars.Context()
-            )
+        self._upkeep()
         now, after = self.clock(), self.settings.unresponsive_seconds
         replicas = [
             ReplicaHealth(

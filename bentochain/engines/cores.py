@@ -110,14 +110,23 @@ def ledger_folder(affinity: set[int] | None = None) -> Path:
     return Path(tempfile.gettempdir()) / f"bentochain-cores-{uid}" / f"cpus-{key}"
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``), so that a file left
+    by a process that died is not taken for a new process that got its pid; None when there is
+    no such process. Where ``/proc`` is missing, only whether it exists."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's: alive
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "0"
+    return stat.rsplit(")", 1)[1].split()[19]  # the 22nd field; the name may hold spaces
 
 
 def _set_torch_threads(count: int) -> None:
@@ -149,6 +158,7 @@ class CoreShare:
         self.cores = cores if cores is not None else available_cores()
         self.folder = folder if folder is not None else ledger_folder()
         self.pid = pid if pid is not None else os.getpid()
+        self.identity = f"{self.pid}-{_started(self.pid) or 0}"
         self._set_threads = set_threads
         self._clock = clock
         self._sleep = sleep
@@ -233,7 +243,7 @@ class CoreShare:
     # -- the ledger ---------------------------------------------------------------------
 
     def _path(self, state: str) -> Path:
-        return self.folder / f"{self.pid}.{state}"
+        return self.folder / f"{self.identity}.{state}"
 
     def _mark(self, state: str) -> None:
         if self._state is None:
@@ -264,10 +274,11 @@ class CoreShare:
         except OSError:
             return 0
         for entry in entries:
-            pid, _, state = entry.name.partition(".")
-            if not pid.isdigit() or int(pid) == self.pid or state not in ("busy", "paused"):
+            identity, _, state = entry.name.partition(".")
+            pid, _, started = identity.partition("-")
+            if not pid.isdigit() or identity == self.identity or state not in ("busy", "paused"):
                 continue
-            if not _alive(int(pid)):
+            if _started(int(pid)) != started:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)  # a process that died without leaving
                 continue

@@ -153,17 +153,19 @@ def test_a_fixed_count_is_kept_and_shares_nothing(tmp_path: Path) -> None:
     assert not pinned.sharing
 
 
-def test_a_dead_process_file_is_removed(tmp_path: Path) -> None:
+def test_the_file_of_a_dead_process_is_removed_even_when_its_pid_is_reused(tmp_path: Path) -> None:
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    left = tmp_path / f"{int(dead.stdout)}.busy"
+    left = tmp_path / f"{int(dead.stdout)}-1.busy"
+    reused = tmp_path / f"{PARENT}-1.busy"  # a live pid, but another start: reused
     left.touch()
+    reused.touch()
     assert share(tmp_path, ME, Clock()).working() == 4
-    assert not left.exists()
+    assert not left.exists() and not reused.exists()
 
 
 def test_close_leaves_the_ledger_and_frees_the_tokens(tmp_path: Path) -> None:
@@ -174,7 +176,8 @@ def test_close_leaves_the_ledger_and_frees_the_tokens(tmp_path: Path) -> None:
     second.working()
     second.close()
     assert first.working() == 4
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [f"{ME}.busy"]
+    (left,) = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    assert left == f"{first.identity}.busy" and left.startswith(f"{ME}-")
 
 
 def test_cores_are_the_affinity_capped_by_the_quota() -> None:

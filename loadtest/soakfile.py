@@ -1,7 +1,8 @@
 """Locust users of the soak run (``loadtest.soak``): streamed chat, embeddings and both chains.
 
-Each user sends at most ``SOAK_RATE_PER_USER`` requests a second (locust's
-``constant_throughput``); without it, back to back (how the soak finds the saturation rate).
+``loadtest.soak`` sets how many users of each class run (``SOAK_<CLASS>_USERS``) and how many
+requests a second each may send (``SOAK_<CLASS>_RATE``, locust's ``constant_throughput``);
+without a rate they send back to back (how the soak finds the saturation rate).
 A request fails on any status but 200, on a stream's error event or missing ``[DONE]``, and on a
 chain answer without its output.
 """
@@ -16,7 +17,6 @@ from locust import HttpUser, constant, constant_throughput, task
 
 from loadtest.locustfile import MAX_TOKENS, MODELS, PROMPTS, SENTENCES, stream_chat
 
-RATE = float(os.environ.get("SOAK_RATE_PER_USER", "0"))
 SQL_QUESTIONS = [
     "How many customers are there?",
     "How many products are there?",
@@ -31,13 +31,18 @@ RAG_QUESTIONS = [
 ]
 
 
-def _pace() -> Any:
-    return constant_throughput(RATE) if RATE > 0 else constant(0)
+def _users(name: str) -> int:
+    return int(os.environ.get(f"SOAK_{name.upper()}_USERS", "1"))
+
+
+def _pace(name: str) -> Any:
+    rate = float(os.environ.get(f"SOAK_{name.upper()}_RATE", "0"))
+    return constant_throughput(rate) if rate > 0 else constant(0)
 
 
 class SoakChat(HttpUser):
-    weight = 4
-    wait_time = _pace()
+    fixed_count = _users("SoakChat")
+    wait_time = _pace("SoakChat")
 
     @task
     def chat_stream(self) -> None:
@@ -51,8 +56,8 @@ class SoakChat(HttpUser):
 
 
 class SoakEmbeddings(HttpUser):
-    weight = 3
-    wait_time = _pace()
+    fixed_count = _users("SoakEmbeddings")
+    wait_time = _pace("SoakEmbeddings")
 
     @task
     def embed(self) -> None:
@@ -62,8 +67,8 @@ class SoakEmbeddings(HttpUser):
 
 
 class SoakChains(HttpUser):
-    weight = 2
-    wait_time = _pace()
+    fixed_count = _users("SoakChains")
+    wait_time = _pace("SoakChains")
 
     def _invoke(self, chain: str, question: str) -> None:
         body = {"input": {"question": question}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.run import run_locust
-from loadtest.soak import MemorySampler, locust
+from loadtest.soak import MIX, MemorySampler, locust
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_the_soak_mix_and_its_memory_samples_against_a_served_bento(
     and every process of the Bento is sampled."""
     root = composed.roots["Gateway"]
     with MemorySampler(root, period=5) as memory:
-        found = locust(composed.url, seconds=20, rate_per_user=0.5, out=tmp_path)
+        found = locust(composed.url, seconds=20, rates=dict.fromkeys(MIX, 0.5), out=tmp_path)
     assert found["failures"] == 0, found["errors"]
     served = {name for name, row in found["by_name"].items() if row["requests"] > 0}
     assert {"chat (stream)", "embeddings", "chain sql", "chain rag"} <= served

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadtest.soak import growth, targets
+from loadtest.soak import MIX, growth, half_rates, targets
 
 
 def samples(*rows: tuple[float, float, float]) -> list[dict[str, float]]:
@@ -28,3 +28,17 @@ def test_the_verdict_fails_on_a_failed_request_or_a_process_that_grew() -> None:
         "Gateway RSS growth from minute 5 to the end": False,
         "LLM RSS growth from minute 5 to the end": True,
     }
+
+
+def test_each_kind_of_request_soaks_at_half_the_rate_it_reached_saturated() -> None:
+    saturated = {
+        "chat (stream)": {"requests_per_s": 1.2},
+        "embeddings": {"requests_per_s": 60.0},
+        "chain sql": {"requests_per_s": 0.1},
+        "chain rag": {"requests_per_s": 0.3},
+    }
+    rates = half_rates(saturated)
+    users = {name: count for name, (count, _) in MIX.items()}
+    assert rates["SoakChat"] * users["SoakChat"] == 0.6
+    assert rates["SoakEmbeddings"] * users["SoakEmbeddings"] == 30.0
+    assert abs(rates["SoakChains"] * users["SoakChains"] - 0.2) < 1e-9
